@@ -1,0 +1,25 @@
+"""Architectures, by name.
+
+Every builder has the same keyword signature, so a study can swap the architecture
+as easily as the norm::
+
+    build(*, in_channels, num_classes, image_size, norm: NormFactory, width, depth) -> nn.Module
+
+``norm`` is a :class:`bench.zoo.norms.NormFactory`: the architecture calls
+``norm(channels)`` for conv features and ``norm(features, dims=1)`` for vectors, so any
+registered norm fits any architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from bench.registry import Registry
+
+ArchBuilder = Callable[..., nn.Module]
+ARCHS: Registry[ArchBuilder] = Registry("arch")
+
+# Importing the modules registers their entries.
+from bench.zoo.archs import cnn, mlp, resnet  # noqa: E402,F401

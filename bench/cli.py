@@ -1,0 +1,483 @@
+"""The ``bench`` command line: thin commands that parse, call the library, print.
+
+    bench grid norm-vs-batch --quick        run a study (Ray Tune), store results, write its report
+    bench grid --list                       the studies in ablations/
+    bench grid norm-vs-batch --dry-run      the trials and an estimate, nothing run
+    bench train --set norm=gn --set batch_size=4
+    bench results ls --study norm-vs-batch --where norm=gn --where "batch_size<=8"
+    bench results show RUN_ID | bench results query '{"summary.final_val_acc": {"$gte": 0.9}}'
+    bench report norm-vs-batch
+    bench store info
+    bench zoo [norms|optimizers|schedules|archs|augments|datasets]
+
+User mistakes (unknown names, invalid values, unreachable servers) end in one readable
+paragraph and exit status 1, never a traceback, and before anything is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bench.errors import BenchError
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="bench",
+    help="Benchmark and ablation harness: run studies on Ray Tune, store every metric, write reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+results_app = typer.Typer(help="Query stored runs.", no_args_is_help=True)
+store_app = typer.Typer(help="The result store.", no_args_is_help=True)
+app.add_typer(results_app, name="results")
+app.add_typer(store_app, name="store")
+
+
+@dataclass
+class Settings:
+    store: str | None = None
+
+
+def guarded(func: F) -> F:
+    """Domain errors become a styled paragraph and exit status 1; Ctrl-C exits 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BenchError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]Interrupted.[/] Run the same command again to resume: finished trials are kept.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            "--mongo-uri",
+            envvar=["BENCH_MONGO_URI", "BENCH_STORE"],
+            help="Result store: a mongodb:// URI, or a path to the embedded SQLite file (default .bench/results.sqlite).",
+            show_envvar=True,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Settings(store=store)
+
+
+def _open_store(ctx: typer.Context) -> Any:
+    from bench.store import open_store
+
+    return open_store(ctx.obj.store if ctx.obj else None)
+
+
+# -- grid -----------------------------------------------------------------------------
+
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config value: KEY=VALUE (repeatable).", show_default=False)
+]
+DataDirOption = Annotated[
+    str | None,
+    typer.Option("--data-dir", envvar="BENCH_DATA_DIR", help="Where datasets are read or downloaded.", show_envvar=True),
+]
+
+
+def _profile(quick: bool, profile: str | None) -> str | None:
+    if quick and profile and profile != "quick":
+        raise BenchError(f"--quick and --profile {profile} contradict each other; give one of them.")
+    return "quick" if quick else profile
+
+
+def _load(study: str, quick: bool, profile: str | None, sets: list[str] | None) -> Any:
+    from bench.spec import load_spec, parse_assignments
+
+    return load_spec(study, profile=_profile(quick, profile), overrides=parse_assignments(sets or []))
+
+
+@app.command()
+@guarded
+def grid(
+    ctx: typer.Context,
+    study: Annotated[str | None, typer.Argument(help="A study name from ablations/ or a path to a spec .yaml.")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the studies and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and an estimate; run nothing.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The study's quick profile (minutes on a laptop).")] = False,
+    profile: Annotated[str | None, typer.Option("--profile", help="A profile defined in the spec.")] = None,
+    sets: SetOption = None,
+    executor: Annotated[str, typer.Option(help="ray (Ray Tune) or local (in this process, one at a time).")] = "ray",
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs each trial reserves (and its torch threads).")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs each trial reserves; fractions share a GPU.")] = 0.0,
+    max_concurrent: Annotated[int | None, typer.Option(help="At most this many trials at once.")] = None,
+    address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.", show_envvar=True)
+    ] = None,
+    data_dir: DataDirOption = None,
+    device: Annotated[str | None, typer.Option(help="Force a torch device (cpu, cuda); default: cuda when present.")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the study's report at the end.")] = True,
+    reports_dir: Annotated[str, typer.Option(help="Where reports are written.")] = "reports",
+) -> None:
+    """Run a study's grid: every trial not yet finished, side by side on Ray Tune."""
+    from bench.schedule import GridOptions, plan, run_grid
+    from bench.spec import list_specs, load_spec
+
+    if list_:
+        _list_studies(list_specs())
+        return
+    if not study:
+        raise BenchError("Name a study (bench grid --list shows them) or give a path to a spec .yaml.")
+    if cpus_per_trial <= 0 or gpus_per_trial < 0 or (max_concurrent is not None and max_concurrent < 1):
+        raise BenchError(
+            "--cpus-per-trial must be > 0, --gpus-per-trial ≥ 0 (fractions share a GPU) and --max-concurrent ≥ 1; "
+            f"got {cpus_per_trial}, {gpus_per_trial}, {max_concurrent}."
+        )
+    spec = _load(study, quick, profile, sets)
+    options = GridOptions(executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device)
+    if dry_run:
+        from bench.estimate import describe_plan
+
+        describe_plan(spec, options, console)
+        return
+    store = _open_store(ctx)
+    try:
+        grid_plan = plan(spec, store)
+        console.print(
+            f"[bold]{spec.key}[/]: {len(grid_plan.trials)} trials, {len(grid_plan.cached)} already finished "
+            f"(answered from the store), {len(grid_plan.todo)} to run on {executor} · store: {store.kind} {store.location}"
+        )
+        command = "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["grid"] else None
+        with _GridProgress(len(grid_plan.todo)) as progress:
+            recorder = run_grid(grid_plan, store, options, progress)
+        if command:
+            store.save_study(spec.key, {"command": command})
+        counts = recorder.counts
+        console.print(
+            f"done: {counts['completed']} completed, {counts['diverged']} diverged, {counts['failed']} failed"
+            + (f" · {len(grid_plan.cached)} from the store" if grid_plan.cached else "")
+        )
+        if report:
+            from bench.report.writer import write_report
+
+            path = write_report(spec, store, reports_dir, grid_command=command)
+            console.print(f"report: {path}")
+        if counts["failed"]:
+            console.print("[yellow]Some trials failed:[/] `bench results ls --status failed` shows them; `bench results show ID` the traceback.")
+    finally:
+        store.close()
+
+
+def _list_studies(paths: list[Any]) -> None:
+    import yaml
+
+    table = Table("study", "profiles", "description", box=None)
+    for path in paths:
+        doc = yaml.safe_load(path.read_text()) or {}
+        table.add_row(path.stem, ", ".join(["default", *(doc.get("profiles") or {})]), str(doc.get("description", "")).strip().split("\n")[0])
+    console.print(table)
+
+
+class _GridProgress:
+    """Live display of a grid: done / running / failed / diverged, elapsed, ETA."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("grid", total=total, state="")
+
+    def __enter__(self) -> _GridProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, counts: dict[str, int]) -> None:
+        state = f"running {counts['running']} · completed {counts['completed']} · diverged {counts['diverged']} · failed {counts['failed']}"
+        self.progress.update(self.task, completed=counts["done"], state=state)
+
+
+# -- train ----------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def train(
+    ctx: typer.Context,
+    sets: SetOption = None,
+    data_dir: DataDirOption = None,
+    device: Annotated[str | None, typer.Option(help="Force a torch device (cpu, cuda).")] = None,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Record the run in the store.")] = True,
+) -> None:
+    """Run one trial in this process and print its epochs."""
+    from bench.schedule import Recorder
+    from bench.spec import from_mapping, parse_assignments
+    from bench.train import preflight, run_trial
+
+    config = from_mapping(parse_assignments(sets or []))
+    preflight(config)
+    store = _open_store(ctx) if save else None
+    console.print(f"trial [bold]{config.trial_id}[/] · effective lr {config.effective_lr:g}")
+    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "grad norm", "s", "samples/s")
+    recorder = Recorder(store, "", 1) if store else None
+    try:
+        if store:
+            store.upsert_run(config.trial_id, {"config": config.to_dict(), "derived": {"effective_lr": config.effective_lr}})
+            recorder.started(config.trial_id)
+
+        def on_epoch(m: dict[str, Any]) -> None:
+            console.print(
+                f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.4f}  "
+                f"val loss {m['val_loss']:.4f}  val acc {m['val_acc']:.4f}  lr {m['lr']:.3g}  "
+                f"|g| {m['grad_norm']:.3g}  {m['epoch_seconds']:.1f}s  {m['samples_per_s'] or 0:.0f}/s"
+            )
+            if recorder:
+                recorder.epoch(config.trial_id, m)
+
+        result = run_trial(config, on_epoch, data_dir=data_dir, device=device)
+        if recorder:
+            recorder.finished(config.trial_id, result)
+    finally:
+        if store:
+            store.close()
+    del table
+    style = {"completed": "green", "diverged": "yellow", "failed": "red"}[result.status]
+    console.print(f"[{style}]{result.status}[/] · final val acc {result.summary.get('final_val_acc')} · {result.summary['wall_seconds']:.1f}s")
+    if result.status == "diverged":
+        console.print(f"diverged at step {result.summary.get('diverged_step')} (loss {result.summary.get('diverged_loss')})")
+    if result.error:
+        err_console.print(escape(result.error))
+        raise typer.Exit(1)
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+@app.command("report")
+@guarded
+def report_cmd(
+    ctx: typer.Context,
+    study: Annotated[str, typer.Argument(help="A study name from ablations/ or a path to a spec .yaml.")],
+    quick: Annotated[bool, typer.Option("--quick", help="The quick profile's report.")] = False,
+    profile: Annotated[str | None, typer.Option("--profile")] = None,
+    sets: SetOption = None,
+    reports_dir: Annotated[str, typer.Option(help="Where reports are written.")] = "reports",
+) -> None:
+    """Write a study's markdown report from the store (no training)."""
+    from bench.report.writer import write_report
+
+    spec = _load(study, quick, profile, sets)
+    store = _open_store(ctx)
+    try:
+        console.print(f"report: {write_report(spec, store, reports_dir)}")
+    finally:
+        store.close()
+
+
+# -- results --------------------------------------------------------------------------
+
+LS_COLUMNS = ("run_id", "status", "study", "dataset", "arch", "norm", "optimizer", "batch_size", "effective_lr", "seed",
+              "epochs_done", "final_val_acc")
+
+
+def _print_frame(frame: Any, fmt: str, columns: tuple[str, ...] = LS_COLUMNS) -> None:
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+    elif fmt == "table":
+        shown = frame[[c for c in columns if c in frame.columns]]
+        table = Table(*shown.columns, box=None)
+        for row in shown.itertuples(index=False):
+            table.add_row(*(_fmt(v) for v in row))
+        console.print(table)
+        console.print(f"{len(frame)} runs")
+    else:
+        raise BenchError(f"Unknown format {fmt!r}. Valid formats: table, csv, json.")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+@results_app.command("ls")
+@guarded
+def results_ls(
+    ctx: typer.Context,
+    study: Annotated[str | None, typer.Option(help="Only runs of this study.")] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(help="A condition: KEY=VALUE, KEY!=VALUE, KEY<=N, ... (config keys, summary metrics, status); repeatable.", show_default=False),
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many runs (0: all).")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """List runs, filtered."""
+    from bench.query import parse_where
+    from bench.report.frame import runs_frame
+
+    conditions = [parse_where(w) for w in where or []]
+    if study:
+        conditions.append({"study": study})
+    if status:
+        conditions.append({"status": status})
+    query = {"$and": conditions} if len(conditions) > 1 else (conditions[0] if conditions else {})
+    store = _open_store(ctx)
+    try:
+        frame = runs_frame(store.find_runs(query, sort=[("finished_at", 1)], limit=limit))
+    finally:
+        store.close()
+    _print_frame(frame, fmt)
+
+
+@results_app.command("query")
+@guarded
+def results_query(
+    ctx: typer.Context,
+    filter_json: Annotated[str, typer.Argument(metavar="FILTER", help="A MongoDB filter as JSON (the supported subset).")],
+    limit: Annotated[int, typer.Option(help="At most this many runs (0: all).")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Runs matching a MongoDB filter (same language on the embedded store and MongoDB)."""
+    from bench.report.frame import runs_frame
+    from bench.store import validate_filter
+
+    try:
+        query = json.loads(filter_json)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"The filter is not valid JSON ({exc.msg} at character {exc.pos}): {filter_json!r}.") from None
+    if not isinstance(query, dict):
+        raise BenchError(f"A filter is a JSON object such as '{{\"config.norm\": \"gn\"}}'; got {filter_json!r}.")
+    validate_filter(query)
+    store = _open_store(ctx)
+    try:
+        frame = runs_frame(store.find_runs(query, limit=limit))
+    finally:
+        store.close()
+    _print_frame(frame, fmt)
+
+
+@results_app.command("show")
+@guarded
+def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """A run's config, outcome, environment and per-epoch metrics."""
+    from bench.report.frame import metrics_frame
+
+    store = _open_store(ctx)
+    try:
+        run = store.get_run(run_id)
+        if run is None:
+            raise BenchError(f"No run with id {run_id!r} in {store.kind} store {store.location}. `bench results ls` lists the runs.")
+        epochs = metrics_frame(store.get_metrics(run_id))
+    finally:
+        store.close()
+    console.print(f"[bold]{run_id}[/] · {run.get('status')} · studies: {', '.join(run.get('study') or []) or '—'} · attempts {run.get('attempts')}")
+    for title, section in (("config", run.get("config")), ("summary", run.get("summary")), ("env", run.get("env"))):
+        if section:
+            table = Table("key", "value", title=title, box=None, title_justify="left")
+            for k, v in section.items():
+                table.add_row(k, _fmt(v))
+            console.print(table)
+    if not epochs.empty:
+        _print_frame(epochs.drop(columns=["run_id"]), "table", tuple(c for c in epochs.columns if c != "run_id"))
+    if run.get("error"):
+        console.print("[red]error:[/]")
+        console.print(escape(run["error"]))
+
+
+# -- store ----------------------------------------------------------------------------
+
+
+@store_app.command("info")
+@guarded
+def store_info(ctx: typer.Context) -> None:
+    """Which store is in use, where, and what it holds."""
+    store = _open_store(ctx)
+    try:
+        info = store.info()
+    finally:
+        store.close()
+    table = Table("key", "value", box=None)
+    for k, v in info.items():
+        table.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
+    console.print(table)
+
+
+# -- zoo ------------------------------------------------------------------------------
+
+
+def _registries() -> dict[str, Any]:
+    from bench.data import DATASETS
+    from bench.zoo.archs import ARCHS
+    from bench.zoo.augment import AUGMENTS
+    from bench.zoo.norms import NORMS
+    from bench.zoo.optimizers import OPTIMIZERS
+    from bench.zoo.schedules import SCHEDULES
+
+    return {"norms": NORMS, "optimizers": OPTIMIZERS, "schedules": SCHEDULES, "archs": ARCHS, "augments": AUGMENTS, "datasets": DATASETS}
+
+
+@app.command()
+@guarded
+def zoo(kind: Annotated[str | None, typer.Argument(help="norms, optimizers, schedules, archs, augments or datasets.")] = None) -> None:
+    """What studies can compare: every registered technique, with its paper."""
+    from bench.errors import UnknownNameError
+
+    registries = _registries()
+    if kind is None:
+        for name, registry in registries.items():
+            console.print(f"[bold]{name}[/] ({len(registry)}): {', '.join(registry.names())}")
+        console.print("`bench zoo KIND` describes each entry.")
+        return
+    if kind not in registries:
+        raise UnknownNameError("zoo kind", kind, registries)
+    table = Table("name", "description", "paper", box=None)
+    for entry in registries[kind].entries():
+        table.add_row(entry.name, entry.description, entry.paper)
+    console.print(table)
+
+
+def main() -> None:
+    app(prog_name="bench")
+
+
+if __name__ == "__main__":
+    main()

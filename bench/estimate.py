@@ -1,0 +1,100 @@
+"""``bench grid --dry-run``: the trials of a study and what running them will cost.
+
+The time estimate is measured, not guessed: each distinct model × batch size of the study
+is timed for a few optimizer steps on random inputs of the dataset's shape, with as many
+threads as a trial will get, and scaled by the steps each trial will take and by how many
+trials run side by side.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from bench.data import DATASETS
+from bench.schedule import validate
+from bench.spec import StudySpec, TrialConfig
+from bench.train import build_model, build_optimizer, pick_device, steps_per_epoch
+
+if TYPE_CHECKING:
+    from bench.schedule import GridOptions
+
+EVAL_OVERHEAD = 1.1  # evaluation and bookkeeping on top of the timed training steps
+
+
+def trial_steps(config: TrialConfig) -> int:
+    source = DATASETS.get(config.dataset)
+    train = min(source.train_size, config.train_subset or source.train_size)
+    return steps_per_epoch(config, train) * config.epochs
+
+
+def time_step(config: TrialConfig, device: torch.device, repeats: int = 5) -> float:
+    """Seconds per optimizer step of this model and batch size (median of ``repeats``)."""
+    source = DATASETS.get(config.dataset)
+    model = build_model(config, source).to(device)
+    optimizer = build_optimizer(config, model)
+    x = torch.randn(config.batch_size, source.in_channels, source.image_size, source.image_size, device=device)
+    y = torch.randint(0, source.num_classes, (config.batch_size,), device=device)
+    times = []
+    for i in range(repeats + 2):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def concurrency(options: GridOptions) -> int:
+    if options.executor == "local":
+        return 1
+    cpus = os.cpu_count() or 1
+    slots = max(1, math.floor(cpus / options.cpus_per_trial))
+    return min(slots, options.max_concurrent or slots)
+
+
+def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> dict[str, Any]:
+    trials = spec.expand()
+    validate(trials)
+    device = pick_device(options.device)
+    threads = max(1, int(options.cpus_per_trial))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    step_cost: dict[str, float] = {}
+    try:
+        for config in trials:
+            key = config.replace(seed=0, lr=0.0, epochs=1).trial_id
+            if key not in step_cost:
+                step_cost[key] = time_step(config, device)
+    finally:
+        torch.set_num_threads(previous)
+
+    varying = [*spec.axes, *spec.zip]
+    table = Table("#", "trial id", *varying, "seed", "eff. lr", "steps", "est. s", box=None)
+    total_steps, total_seconds = 0, 0.0
+    for i, config in enumerate(trials, 1):
+        steps = trial_steps(config)
+        seconds = steps * step_cost[config.replace(seed=0, lr=0.0, epochs=1).trial_id] * EVAL_OVERHEAD
+        total_steps += steps
+        total_seconds += seconds
+        values = [str(getattr(config, k)) for k in varying]
+        table.add_row(str(i), config.trial_id, *values, str(config.seed), f"{config.effective_lr:.4g}", str(steps), f"{seconds:.0f}")
+    console.print(table)
+    slots = concurrency(options)
+    wall = total_seconds / min(slots, max(1, len(trials)))
+    console.print(
+        f"[bold]{spec.key}[/]: {len(trials)} trials, {total_steps:,} optimizer steps; measured on {device} with "
+        f"{threads} thread(s) per trial: ≈{total_seconds / 60:.1f} trial-minutes, ≈{wall / 60:.1f} min wall-clock "
+        f"with {slots} trial(s) side by side. Nothing was run (dry run)."
+    )
+    return {"trials": len(trials), "steps": total_steps, "trial_seconds": total_seconds, "wall_seconds": wall}

@@ -1,0 +1,131 @@
+"""The one adapter to Ray Tune.
+
+Ray's API has changed often across versions; every Ray call of the project is here, so
+the trainer runs and is tested without Ray, and a Ray upgrade touches one file.
+
+One Tune trial per TrialConfig (a grid search over trial ids). Each trial reports one
+result per epoch and a final one; a driver-side :class:`ray.tune.Callback` forwards them
+to the :class:`~bench.schedule.Recorder`, which writes to the store as results come.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import BenchError
+from bench.spec import TrialConfig
+from bench.train import TrialResult, run_trial
+
+if TYPE_CHECKING:
+    from bench.schedule import GridOptions, Recorder
+
+# Offline and quiet by default; a user's own settings win.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
+
+
+def _trainable(params: dict[str, Any], configs: dict[str, TrialConfig], data_dir: str | None, device: str | None) -> None:
+    """Runs on a Ray worker: one trial, reporting each epoch, then the outcome."""
+    import torch
+    from ray import tune
+
+    threads = int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    torch.set_num_threads(max(1, threads))
+    config = configs[params["trial_id"]]
+    result = run_trial(config, lambda m: tune.report({"event": "epoch", "metrics": m}), data_dir=data_dir, device=device)
+    tune.report(
+        {"event": "final", "status": result.status, "summary": result.summary, "error": result.error, "env": result.env}
+    )
+
+
+def _connect(address: str | None) -> bool:
+    """Starts a local Ray runtime, or joins a cluster (``--address`` / RAY_ADDRESS).
+    Returns whether this call started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise BenchError(
+            f"Could not join the Ray cluster at {address!r}: {exc}. Start it with `ray start --head` "
+            "(or check the address), or leave --address and RAY_ADDRESS unset to run on this machine."
+        ) from None
+    return True
+
+
+def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -> None:
+    import ray
+    from ray import tune
+
+    configs = {c.trial_id: c for c in todo}
+
+    class StoreCallback(tune.Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            recorder.started(trial.config["trial_id"])
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            trial_id = trial.config["trial_id"]
+            if result.get("event") == "epoch":
+                recorder.epoch(trial_id, dict(result["metrics"]))
+            elif result.get("event") == "final":
+                outcome = TrialResult(
+                    status=result["status"], summary=dict(result["summary"]), error=result.get("error"), env=dict(result.get("env") or {})
+                )
+                recorder.finished(trial_id, outcome)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            trial_id = trial.config["trial_id"]
+            if trial_id in recorder.active:
+                recorder.crashed(trial_id, _error_text(trial))
+
+    started = _connect(options.address)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, configs=configs, data_dir=_absolute(options.data_dir), device=options.device),
+            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+        )
+        storage = Path(os.environ.get("BENCH_RAY_DIR") or Path(tempfile.gettempdir()) / "bench-ray").resolve()
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(list(configs))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=f"bench-{recorder.study.replace('@', '-')}",
+                storage_path=str(storage),
+                verbose=0,
+                callbacks=[StoreCallback()],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _absolute(path: str | None) -> str | None:
+    """Workers may start in another directory: pass data paths absolute."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None) or getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return f"The Ray worker running this trial stopped without a result ({getattr(trial, 'status', 'unknown')})."

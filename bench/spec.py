@@ -1,0 +1,406 @@
+"""Trial configurations and study specifications.
+
+A :class:`TrialConfig` holds every knob of one trial. Its canonical JSON (sorted keys,
+every field spelled out, defaults included) hashed with SHA-256 is the trial id: two
+identical configs are the same trial, whichever study asks for it, and the store answers
+the second request from the first run.
+
+A :class:`StudySpec` is a YAML file in ``ablations/`` (data, not code)::
+
+    name: norm-vs-batch
+    description: ...
+    base: {arch: cnn, lr: 0.02, lr_scaling: linear, lr_base_batch: 32, ...}
+    axes: {norm: [bn, gn, ln, in, none], batch_size: [2, 4, 8, 16, 32, 64]}
+    zip: {norm_groups: [...], width: [...]}      # optional: lists that vary together
+    repeats: 3                                   # seeds 0, 1, 2 (or `seeds: [..]`)
+    report: {kind: pivot, rows: norm, columns: batch_size, metric: final_val_acc}
+    profiles: {quick: {base: {...}, axes: {...}, repeats: 1}}
+
+``expand()`` yields the cartesian product of the axes × the zipped values × the seeds,
+each validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError, UnknownNameError
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every knob of one trial. Units are stated per field."""
+
+    # data
+    dataset: str = "digits"
+    train_subset: int | None = None  # number of training images (a fixed subset), None = all
+    val_subset: int | None = None  # number of validation images, None = all
+    augment: str = "none"
+    # model
+    arch: str = "cnn"
+    width: int | None = None  # base channels / hidden units; None = the architecture's default
+    depth: int | None = None  # layers (cnn, mlp) or 6n+2 (resnet); None = default
+    norm: str = "bn"
+    norm_groups: int = 8  # GroupNorm: number of groups
+    norm_eps: float = 1e-5
+    norm_momentum: float = 0.1  # BatchNorm running-statistics momentum
+    # optimization
+    optimizer: str = "sgd"
+    lr: float = 0.05  # peak learning rate at lr_base_batch examples per step
+    lr_scaling: str = "linear"  # none | linear | sqrt: how lr follows batch_size
+    lr_base_batch: int = 32  # batch size at which `lr` applies unscaled
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of training
+    lr_gamma: float = 0.1  # step schedule: decay factor per milestone
+    # budget
+    batch_size: int = 32
+    epochs: int = 5
+    seed: int = 0
+    # divergence: the loss is NaN/inf, or above diverge_factor × the first step's loss
+    diverge_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+        self._check_values()
+        self._check_names()
+
+    # -- validation -------------------------------------------------------------------
+    def _check_names(self) -> None:
+        from bench.data import DATASETS
+        from bench.zoo.archs import ARCHS
+        from bench.zoo.augment import AUGMENTS
+        from bench.zoo.norms import NORMS
+        from bench.zoo.optimizers import OPTIMIZERS
+        from bench.zoo.schedules import SCHEDULES
+
+        for registry, value in (
+            (DATASETS, self.dataset),
+            (ARCHS, self.arch),
+            (NORMS, self.norm),
+            (OPTIMIZERS, self.optimizer),
+            (SCHEDULES, self.schedule),
+            (AUGMENTS, self.augment),
+        ):
+            registry.check(value)
+        if self.lr_scaling not in LR_SCALING_RULES:
+            raise UnknownNameError("lr_scaling rule", self.lr_scaling, LR_SCALING_RULES)
+
+    def _check_values(self) -> None:
+        positive = ("batch_size", "epochs", "lr_base_batch", "norm_groups", "train_subset", "val_subset", "width", "depth")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be a positive integer; got {name}={value}.")
+        non_negative = ("lr", "weight_decay", "momentum", "warmup_epochs", "norm_eps")
+        for name in non_negative:
+            value = getattr(self, name)
+            if not value >= 0 or math.isinf(value):
+                raise ConfigError(f"{name} must be a finite number ≥ 0; got {name}={value}.")
+        for name in ("momentum", "beta1", "beta2", "norm_momentum"):
+            value = getattr(self, name)
+            if not 0 <= value < 1 and not (name == "norm_momentum" and value == 1):
+                raise ConfigError(f"{name} must lie in [0, 1); got {name}={value}.")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs={self.epochs})."
+            )
+        if not self.diverge_factor > 1:
+            raise ConfigError(f"diverge_factor must be > 1; got {self.diverge_factor}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must lie in (0, 1]; got {self.lr_gamma}.")
+
+    # -- identity ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def trial_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate after the batch-size scaling rule (the derived value)."""
+        return scaled_lr(self.lr, self.batch_size, self.lr_base_batch, self.lr_scaling)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return from_mapping({**self.to_dict(), **changes})
+
+
+def scaled_lr(base_lr: float, batch_size: int, base_batch: int, rule: str) -> float:
+    """lr for ``batch_size`` given ``base_lr`` at ``base_batch``: none → base_lr;
+    linear (Goyal et al. 2017) → base_lr·B/B₀; sqrt (Krizhevsky 2014) → base_lr·√(B/B₀)."""
+    ratio = batch_size / base_batch
+    return {"none": base_lr, "linear": base_lr * ratio, "sqrt": base_lr * math.sqrt(ratio)}[rule]
+
+
+CONFIG_FIELDS = {f.name: f for f in fields(TrialConfig)}
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    return str(f.type).replace("tuple[float, ...]", "list of numbers")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Check and normalize a value for field ``f`` (YAML and --set give loose types)."""
+    kind = str(f.type)
+    if value is None and "None" in kind:
+        return None
+    bad = ConfigError(f"{f.name} must be {_type_name(f)}; got {value!r}.")
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise bad
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if kind.startswith("tuple"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise bad
+        return tuple(float(v) for v in value)
+    raise TypeError(f"unsupported field type {kind}")
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def from_mapping(values: Mapping[str, Any]) -> TrialConfig:
+    unknown = sorted(set(values) - set(CONFIG_FIELDS))
+    if unknown:
+        raise UnknownNameError("config key", unknown[0], CONFIG_FIELDS)
+    return TrialConfig(**values)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as YAML (3 → int,
+    0.1 → float, true → bool, [0.5, 0.75] → list, anything else → string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"Expected KEY=VALUE (for example --set batch_size=8); got {text!r}.")
+    if key not in CONFIG_FIELDS:
+        raise UnknownNameError("config key", key, CONFIG_FIELDS)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if value is None and "None" not in str(CONFIG_FIELDS[key].type):
+        raise ConfigError(f"--set {key}= needs a value ({_type_name(CONFIG_FIELDS[key])}).")
+    return key, value
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
+    return dict(parse_assignment(item) for item in items)
+
+
+# -- studies ----------------------------------------------------------------------------
+
+SPEC_KEYS = ("name", "description", "base", "axes", "zip", "repeats", "seeds", "report", "profiles", "baseline")
+PROFILE_KEYS = ("description", "base", "axes", "zip", "repeats", "seeds", "report")
+REPORT_KEYS = ("kind", "rows", "columns", "metric", "plot", "title", "higher_is_better", "references")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    base: Mapping[str, Any]
+    axes: Mapping[str, list[Any]]
+    zip: Mapping[str, list[Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    report: Mapping[str, Any] = field(default_factory=dict)
+    profile: str = "default"
+    profiles: tuple[str, ...] = ()
+    source: str = ""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The study's name plus its profile: what reports and the store call it."""
+        return self.name if self.profile == "default" else f"{self.name}@{self.profile}"
+
+    def expand(self) -> list[TrialConfig]:
+        """Every trial of the study, validated, in a stable order (axes as written,
+        then zipped values, then seeds); duplicates removed."""
+        axis_names = list(self.axes)
+        zip_names = list(self.zip)
+        zipped = list(zip(*self.zip.values())) if self.zip else [()]
+        trials: dict[str, TrialConfig] = {}
+        for combo in itertools.product(*(self.axes[a] for a in axis_names)):
+            for zvalues in zipped:
+                for seed in self.seeds:
+                    values = {**self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), "seed": seed}
+                    config = _with_context(values, f"study {self.key!r}")
+                    trials.setdefault(config.trial_id, config)
+        return list(trials.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "profile": self.profile,
+            "description": self.description,
+            "base": dict(self.base),
+            "axes": {k: list(v) for k, v in self.axes.items()},
+            "zip": {k: list(v) for k, v in self.zip.items()},
+            "seeds": list(self.seeds),
+            "report": dict(self.report),
+            "overrides": dict(self.overrides),
+            "source": self.source,
+        }
+
+    @property
+    def spec_hash(self) -> str:
+        doc = {k: v for k, v in self.to_dict().items() if k != "source"}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _with_context(values: Mapping[str, Any], where: str) -> TrialConfig:
+    try:
+        return from_mapping(values)
+    except ConfigError as exc:
+        raise type(exc)(f"In {where}: {exc}") if not isinstance(exc, UnknownNameError) else exc
+
+
+def _check_keys(doc: Mapping[str, Any], allowed: Iterable[str], what: str) -> None:
+    unknown = sorted(set(doc) - set(allowed))
+    if unknown:
+        raise UnknownNameError(f"{what} key", unknown[0], allowed)
+
+
+def _as_list(axis: str, values: Any) -> list[Any]:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"Axis {axis!r} must be a non-empty list of values; got {values!r}.")
+    return values
+
+
+def load_spec(
+    source: str | Path, *, profile: str | None = None, overrides: Mapping[str, Any] | None = None, search: Path | None = None
+) -> StudySpec:
+    """Load a study by name (``ablations/NAME.yaml``) or path, apply a profile and
+    command-line overrides. An override of an axis fixes that axis to the one value."""
+    path = resolve_spec_path(source, search)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a mapping with keys {', '.join(SPEC_KEYS)}.")
+    _check_keys(doc, SPEC_KEYS, "study spec")
+    profiles = doc.get("profiles") or {}
+    profile = profile or "default"
+    if profile != "default":
+        if profile not in profiles:
+            valid = ", ".join(["default", *profiles]) or "default"
+            raise ConfigError(f"Study {doc.get('name', path.stem)!r} has no profile {profile!r}. Profiles: {valid}.")
+        prof = profiles[profile] or {}
+        _check_keys(prof, PROFILE_KEYS, f"profile {profile!r}")
+    else:
+        prof = {}
+    base = {**(doc.get("base") or {}), **(prof.get("base") or {})}
+    axes = {**(doc.get("axes") or {}), **(prof.get("axes") or {})}
+    zipped = prof.get("zip", doc.get("zip")) or {}
+    report = {**(doc.get("report") or {}), **(prof.get("report") or {})}
+    _check_keys(base, CONFIG_FIELDS, "base config")
+    _check_keys(axes, CONFIG_FIELDS, "axis")
+    _check_keys(zipped, CONFIG_FIELDS, "zip")
+    _check_keys(report, REPORT_KEYS, "report")
+    axes = {k: _as_list(k, v) for k, v in axes.items()}
+    zipped = {k: _as_list(k, v) for k, v in zipped.items()}
+    if len({len(v) for v in zipped.values()}) > 1:
+        raise ConfigError(f"All zip lists must have the same length; got {({k: len(v) for k, v in zipped.items()})}.")
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        axes.pop(key, None)
+        zipped.pop(key, None)
+        base[key] = value
+    if zipped and len({len(v) for v in zipped.values()}) != 1:
+        raise ConfigError("zip lists must have the same length.")
+    seeds = _seeds(prof if ("repeats" in prof or "seeds" in prof) else doc)
+    if "seed" in overrides:
+        seeds = (int(overrides["seed"]),)
+    return StudySpec(
+        name=str(doc.get("name") or path.stem),
+        description=str(prof.get("description") or doc.get("description") or ""),
+        base=base,
+        axes=axes,
+        zip=zipped,
+        seeds=seeds,
+        report=report,
+        profile=profile,
+        profiles=tuple(profiles),
+        source=str(path),
+        overrides=overrides,
+    )
+
+
+def _seeds(doc: Mapping[str, Any]) -> tuple[int, ...]:
+    if "seeds" in doc:
+        seeds = doc["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise ConfigError(f"seeds must be a non-empty list of integers; got {seeds!r}.")
+        return tuple(seeds)
+    repeats = doc.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ConfigError(f"repeats must be a positive integer (the number of seeds); got {repeats!r}.")
+    return tuple(range(repeats))
+
+
+def default_ablations_dir() -> Path:
+    """``./ablations`` when it exists (a checkout or a user's project), else the studies
+    shipped beside the package."""
+    local = Path("ablations")
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parent.parent / "ablations"
+
+
+def list_specs(search: Path | None = None) -> list[Path]:
+    return sorted((search or default_ablations_dir()).glob("*.yaml"))
+
+
+def resolve_spec_path(source: str | Path, search: Path | None = None) -> Path:
+    text = str(source)
+    candidate = Path(text)
+    if text.endswith((".yaml", ".yml")) or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"Study spec file {text!r} does not exist.")
+        return candidate
+    directory = search or default_ablations_dir()
+    path = directory / f"{text}.yaml"
+    if not path.is_file():
+        names = [p.stem for p in list_specs(directory)]
+        raise UnknownNameError("study", text, names, hint=f"(looked in {directory}/; pass a path to a .yaml file to run your own spec)")
+    return path

@@ -1,0 +1,507 @@
+"""What every result store shares: the protocol, the document rules and ``open_store``.
+
+Two backends (an embedded SQLite file and MongoDB) must accept the same writes and
+return documents of the same shape, so everything that decides *what* is written
+lives here: :func:`sanitize` makes any value JSON- and BSON-safe, the run-field
+checks mirror the ``$jsonSchema`` validator that ``store/mongo-init.js`` installs,
+and the merge helpers give both stores identical ``$set``/``$addToSet`` results.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path, PurePath
+from typing import Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import unquote
+
+from bench.errors import StoreError
+
+SCHEMA_VERSION = 1
+"""Version of the document layout; the stores set it on every run they write."""
+
+RUN_STATUSES: tuple[str, ...] = (
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "diverged",
+    "interrupted",
+)
+
+DEFAULT_EMBEDDED_PATH = Path(".bench") / "results.sqlite"
+
+#: Run fields whose values the stores index (MongoDB indexes, SQLite expression indexes).
+INDEXED_RUN_PATHS: tuple[str, ...] = (
+    "study",
+    "status",
+    "config.norm",
+    "config.batch_size",
+    "config.optimizer",
+    "config.arch",
+    "config.dataset",
+)
+
+#: The light validator on ``runs``. MongoDB enforces it server-side (installed by
+#: ``store/mongo-init.js`` or by :class:`~bench.store.mongo.MongoStore` when it
+#: creates the collection); both stores also check it before every write, so a
+#: document one backend accepts is never refused by the other.
+RUNS_JSON_SCHEMA: dict[str, Any] = {
+    "bsonType": "object",
+    "required": ["_id", "schema_version"],
+    "properties": {
+        "_id": {"bsonType": "string"},
+        "study": {"bsonType": "array", "items": {"bsonType": "string"}},
+        "config": {"bsonType": "object"},
+        "status": {"enum": list(RUN_STATUSES)},
+        "attempts": {"bsonType": ["int", "long"]},
+        "started_at": {"bsonType": ["string", "null"]},
+        "finished_at": {"bsonType": ["string", "null"]},
+        "heartbeat_at": {"bsonType": ["string", "null"]},
+        "env": {"bsonType": "object"},
+        "summary": {"bsonType": "object"},
+        "error": {"bsonType": ["string", "null"]},
+        "schema_version": {"bsonType": ["int", "long"]},
+    },
+}
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MAX_DEPTH = 90  # MongoDB refuses documents nested deeper than 100 levels.
+_KEY_REPLACED = ("$", ".", "\x00")
+
+
+@runtime_checkable
+class ResultStore(Protocol):
+    """Where runs, per-epoch metrics and studies are kept."""
+
+    kind: str
+    location: str
+
+    def upsert_run(self, run_id: str, fields: dict, *, study: str | None = None) -> None: ...
+
+    def get_run(self, run_id: str) -> dict | None: ...
+
+    def find_runs(
+        self,
+        filter: dict | None = None,
+        *,
+        sort: list[tuple[str, int]] | None = None,
+        limit: int = 0,
+    ) -> list[dict]: ...
+
+    def count_runs(self, filter: dict | None = None) -> int: ...
+
+    def upsert_metrics(self, docs: list[dict]) -> None: ...
+
+    def get_metrics(self, run_id: str) -> list[dict]: ...
+
+    def find_metrics(self, run_ids: list[str]) -> list[dict]: ...
+
+    def save_study(self, name: str, doc: dict) -> None: ...
+
+    def get_study(self, name: str) -> dict | None: ...
+
+    def list_studies(self) -> list[dict]: ...
+
+    def info(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- sanitize
+
+
+def sanitize(doc: Any) -> Any:
+    """Return a JSON- and BSON-safe copy of ``doc``; never raises.
+
+    NaN and ±inf become ``None``; mapping keys lose ``$``, ``.`` and NUL (replaced by
+    ``_``, with ``_2``, ``_3``… appended if two keys collide); numpy/torch scalars and
+    arrays become Python numbers and lists; tuples become lists and sets sorted lists;
+    dates become ISO strings, paths strings, and anything else ``str(obj)``.
+    """
+    try:
+        return _sanitize(doc, 0, set())
+    except Exception:  # a hostile __str__/__iter__ must not break a write
+        return _fallback_str(doc)
+
+
+def _sanitize(obj: Any, depth: int, active: set[int]) -> Any:
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        value = int(obj)
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return str(value)
+    if isinstance(obj, float):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, str):
+        return _clean_str(obj)
+    if depth >= _MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(obj, Mapping):
+        return _guarded(obj, active, lambda: _sanitize_mapping(obj, depth, active), "{...}")
+    if isinstance(obj, (list, tuple)):
+        return _guarded(
+            obj, active, lambda: [_sanitize(v, depth + 1, active) for v in obj], "[...]"
+        )
+    if isinstance(obj, (set, frozenset)):
+        return _guarded(obj, active, lambda: _sorted_values(obj, depth, active), "[...]")
+    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
+        return obj.isoformat()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return _fallback_str(obj)
+    for method in ("tolist", "item"):  # numpy arrays/scalars, torch tensors, pandas
+        fn = getattr(obj, method, None)
+        if callable(fn):
+            try:
+                converted = fn()
+            except Exception:
+                continue
+            if converted is not obj:
+                return _sanitize(converted, depth + 1, active)
+    return _fallback_str(obj)
+
+
+def _guarded(obj: Any, active: set[int], build: Any, cycle: str) -> Any:
+    key = id(obj)
+    if key in active:
+        return cycle
+    active.add(key)
+    try:
+        return build()
+    finally:
+        active.discard(key)
+
+
+def _sanitize_mapping(obj: Mapping, depth: int, active: set[int]) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = key if isinstance(key, str) else str(_sanitize(key, depth + 1, active))
+        name = _clean_str(name)
+        for ch in _KEY_REPLACED:
+            name = name.replace(ch, "_")
+        if name in out:
+            n = 2
+            while f"{name}_{n}" in out:
+                n += 1
+            name = f"{name}_{n}"
+        out[name] = _sanitize(value, depth + 1, active)
+    return out
+
+
+def _sorted_values(values: Iterable, depth: int, active: set[int]) -> list:
+    items = [_sanitize(v, depth + 1, active) for v in values]
+    try:
+        return sorted(items)
+    except TypeError:
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+
+
+def _clean_str(text: str) -> str:
+    text = str.__str__(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates cannot be stored as UTF-8
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _fallback_str(obj: Any) -> str:
+    try:
+        return _clean_str(str(obj))
+    except Exception:
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def dumps(doc: Any) -> str:
+    """Compact JSON text of an already-sanitized document."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# --------------------------------------------------------------------------- run rules
+
+_BSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "int": (int,),
+    "long": (int,),
+    "double": (float,),
+    "object": (dict,),
+    "array": (list,),
+    "bool": (bool,),
+}
+
+
+def _schema_type_ok(value: Any, bson_type: str | list[str]) -> bool:
+    names = [bson_type] if isinstance(bson_type, str) else bson_type
+    for name in names:
+        if name == "null" and value is None:
+            return True
+        types = _BSON_TYPES.get(name, ())
+        if types and isinstance(value, types) and (name == "bool" or not isinstance(value, bool)):
+            return True
+    return False
+
+
+def _schema_rule_text(rule: Mapping[str, Any]) -> str:
+    if "enum" in rule:
+        return "one of " + ", ".join(repr(v) for v in rule["enum"])
+    kinds = rule["bsonType"]
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    text = " or ".join("integer" if k in ("int", "long") else k for k in dict.fromkeys(kinds))
+    if "items" in rule:
+        text += f" of {rule['items']['bsonType']}s"
+    return text
+
+
+def check_run_document(doc: Mapping[str, Any]) -> None:
+    """Raise :class:`StoreError` unless ``doc`` satisfies :data:`RUNS_JSON_SCHEMA`."""
+    for name in RUNS_JSON_SCHEMA["required"]:
+        if name not in doc:
+            raise StoreError(f"A run document must have the field {name!r}.")
+    for name, rule in RUNS_JSON_SCHEMA["properties"].items():
+        if name not in doc:
+            continue
+        value = doc[name]
+        ok = (value in rule["enum"]) if "enum" in rule else _schema_type_ok(value, rule["bsonType"])
+        if ok and "items" in rule:
+            ok = all(_schema_type_ok(v, rule["items"]["bsonType"]) for v in value)
+        if not ok:
+            raise StoreError(
+                f"Refused to store run {doc.get('_id')!r}: field {name!r} is {value!r}, "
+                f"but it must be {_schema_rule_text(rule)}. Run documents follow the "
+                "schema that store/mongo-init.js installs; other top-level fields are free."
+            )
+
+
+def _check_name(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise StoreError(f"A {kind} must be a non-empty string, got {value!r}.")
+    return value
+
+
+def prepare_run_update(
+    run_id: str, fields: Mapping[str, Any], study: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """Validate one ``upsert_run`` call and return ``($set fields, study to add)``.
+
+    A ``study`` entry in ``fields`` replaces the list; if ``study`` is also given it is
+    merged into that list here (MongoDB cannot ``$set`` and ``$addToSet`` one field).
+    """
+    _check_name("run id", run_id)
+    if study is not None:
+        _check_name("study name", study)
+    if not isinstance(fields, Mapping):
+        raise StoreError(f"Run fields must be a mapping of field name to value, got {fields!r}.")
+    clean = sanitize(dict(fields))
+    if "_id" in clean:
+        if clean.pop("_id") != run_id:
+            raise StoreError(
+                f"Run {run_id!r}: the fields carry a different '_id'; a run's id cannot change."
+            )
+    clean["schema_version"] = SCHEMA_VERSION
+    if study is not None and isinstance(clean.get("study"), list):
+        if study not in clean["study"]:
+            clean["study"].append(study)
+        study = None
+    check_run_document({"_id": run_id, **clean})
+    return clean, study
+
+
+def apply_run_update(
+    doc: dict[str, Any] | None, run_id: str, set_fields: Mapping[str, Any], study: str | None
+) -> dict[str, Any]:
+    """The document MongoDB's ``{$set, $addToSet}`` upsert would leave behind."""
+    result: dict[str, Any] = dict(doc) if doc is not None else {"_id": run_id}
+    result.update(set_fields)
+    if study is not None:
+        studies = result.get("study")
+        if studies is None:
+            result["study"] = [study]
+        elif not isinstance(studies, list):
+            raise StoreError(
+                f"Run {run_id!r} has a non-list 'study' field ({studies!r}); cannot add "
+                f"study {study!r} to it."
+            )
+        elif study not in studies:
+            result["study"] = [*studies, study]
+    return result
+
+
+def metric_key(run_id: str, epoch: int) -> str:
+    """MongoDB ``_id`` of one metrics document."""
+    return f"{run_id}:{epoch}"
+
+
+def prepare_metrics(docs: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, dict[str, Any]]]:
+    """Sanitize metric documents into ``(run_id, epoch, doc)``; a later duplicate wins."""
+    if isinstance(docs, Mapping):
+        raise StoreError("upsert_metrics takes a list of metric documents, not one document.")
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for raw in docs:
+        if not isinstance(raw, Mapping):
+            raise StoreError(f"A metrics document must be a mapping, got {raw!r}.")
+        doc = sanitize(dict(raw))
+        doc.pop("_id", None)
+        run_id, epoch = doc.get("run_id"), doc.get("epoch")
+        if not isinstance(run_id, str) or not run_id:
+            raise StoreError(
+                f"Every metrics document needs a non-empty string 'run_id'; got {run_id!r}."
+            )
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise StoreError(
+                f"Every metrics document needs an integer 'epoch'; got {epoch!r} for run "
+                f"{run_id!r}."
+            )
+        rows.pop((run_id, epoch), None)
+        rows[(run_id, epoch)] = doc
+    return [(run_id, epoch, doc) for (run_id, epoch), doc in rows.items()]
+
+
+def prepare_study(name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate and sanitize the fields ``save_study`` sets (without ``_id``)."""
+    _check_name("study name", name)
+    if not isinstance(doc, Mapping):
+        raise StoreError(f"A study document must be a mapping, got {doc!r}.")
+    clean = sanitize(dict(doc))
+    if "_id" in clean and clean.pop("_id") != name:
+        raise StoreError(f"Study {name!r}: the document carries a different '_id'.")
+    return clean
+
+
+def unique_ids(run_ids: Iterable[str]) -> list[str]:
+    """Sorted distinct run ids (the order ``find_metrics`` returns)."""
+    if isinstance(run_ids, str):
+        raise StoreError("find_metrics takes a list of run ids, not a single string.")
+    return sorted({_check_name("run id", r) for r in run_ids})
+
+
+T = TypeVar("T")
+
+
+def chunked(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- URIs
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_SECRET_OPTIONS = {
+    "password",
+    "tlscertificatekeyfilepassword",
+    "sslpemkeypassword",
+    "authmechanismproperties",
+}
+
+
+def mask_uri(uri: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host``; other text unchanged."""
+    try:
+        scheme, sep, rest = uri.partition("://")
+        if not sep:
+            return uri
+        query_at = rest.find("?")
+        end = len(rest) if query_at < 0 else query_at
+        at = rest.rfind("@", 0, end)
+        if at >= 0:
+            user, colon, password = rest[:at].partition(":")
+            if colon and password:
+                rest = f"{user}:***{rest[at:]}"
+        head, qsep, query = rest.partition("?")
+        if qsep:
+            parts = []
+            for item in query.split("&"):
+                key, eq, _value = item.partition("=")
+                parts.append(f"{key}=***" if eq and key.lower() in _SECRET_OPTIONS else item)
+            rest = f"{head}?{'&'.join(parts)}"
+        return f"{scheme}://{rest}"
+    except Exception:
+        return "<unreadable URI>"
+
+
+def uri_password(uri: str) -> str | None:
+    """The password in a URI's user info, if any (used to scrub error messages)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return None
+    query_at = rest.find("?")
+    at = rest.rfind("@", 0, len(rest) if query_at < 0 else query_at)
+    if at < 0:
+        return None
+    _user, colon, password = rest[:at].partition(":")
+    return password if colon and password else None
+
+
+def scrub(text: str, uri: str | None) -> str:
+    """Remove a URI's password (raw and percent-decoded) from an error text."""
+    password = uri_password(uri) if uri else None
+    if password:
+        for secret in {password, unquote(password)}:
+            if secret:
+                text = text.replace(secret, "***")
+    return text
+
+
+def is_mongo_uri(uri: str) -> bool:
+    return uri.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def open_store(uri: str | os.PathLike[str] | None = None) -> ResultStore:
+    """Open the result store named by ``uri``.
+
+    ``None`` means ``$BENCH_MONGO_URI``, else ``$BENCH_STORE``, else the embedded file
+    ``.bench/results.sqlite`` under the current directory. ``mongodb://`` and
+    ``mongodb+srv://`` URIs open MongoDB (database from the URI path, else
+    ``$BENCH_MONGO_DB``, else ``bench``); ``sqlite:///path`` or a plain path opens the
+    embedded SQLite store.
+    """
+    if uri is None:
+        uri = _env("BENCH_MONGO_URI") or _env("BENCH_STORE") or str(DEFAULT_EMBEDDED_PATH)
+    if isinstance(uri, os.PathLike):
+        uri = os.fspath(uri)
+    if not isinstance(uri, str) or not uri.strip():
+        raise StoreError(
+            f"A result store location must be a non-empty string, got {uri!r}. Use a "
+            "mongodb:// or mongodb+srv:// URI, sqlite:///path/to/results.sqlite, or a file path."
+        )
+    uri = uri.strip()
+    if is_mongo_uri(uri):
+        from bench.store.mongo import MongoStore
+
+        return MongoStore(uri)
+    if uri.startswith("sqlite://"):
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise StoreError(
+                f"The SQLite URI {uri!r} names no file. Write sqlite:///relative/path.sqlite "
+                "or sqlite:////absolute/path.sqlite, or give the path alone."
+            )
+        from bench.store.embedded import EmbeddedStore
+
+        return EmbeddedStore(path)
+    scheme, sep, _rest = uri.partition("://")
+    if sep and _SCHEME.fullmatch(scheme):
+        raise StoreError(
+            f"Unsupported result store URI scheme {scheme + '://'!r} in {mask_uri(uri)!r}. "
+            "Allowed: mongodb://, mongodb+srv://, sqlite:///path, or a plain file path for "
+            "the embedded store."
+        )
+    from bench.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(uri)

@@ -1,0 +1,280 @@
+"""One trial: build data, model, optimizer and schedule from a TrialConfig, train, report.
+
+This module knows nothing of Ray or of the store: :func:`run_trial` takes a config and a
+callback that receives each epoch's metrics, and returns a :class:`TrialResult`. The loop
+is the plain one (the torchvision-references shape): the whole dataset is a tensor on the
+device, batches are index slices of a seeded permutation, augmentation is batched on the
+device, no loader workers.
+
+Outcomes: ``completed``; ``diverged`` when the training loss is NaN/inf or exceeds
+``diverge_factor`` × the first step's loss (the step is recorded); ``failed`` for any
+exception, with its traceback. A trial never raises.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data import DATASETS, DatasetSource, Splits, load_dataset
+from bench.errors import ConfigError
+from bench.provenance import environment
+from bench.spec import TrialConfig
+from bench.zoo.archs import ARCHS
+from bench.zoo.augment import AUGMENTS
+from bench.zoo.norms import NormFactory
+from bench.zoo.optimizers import OPTIMIZERS
+from bench.zoo.schedules import SCHEDULES
+
+Report = Callable[[dict[str, Any]], None]
+EVAL_BATCH = 1024
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | diverged | failed
+    summary: dict[str, Any] = field(default_factory=dict)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def norm_factory(config: TrialConfig) -> NormFactory:
+    return NormFactory(config.norm, groups=config.norm_groups, eps=config.norm_eps, momentum=config.norm_momentum)
+
+
+def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
+    """The architecture with the config's norm; options left unset take the builder's defaults."""
+    options = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
+    return ARCHS.get(config.arch)(
+        in_channels=source.in_channels,
+        num_classes=source.num_classes,
+        image_size=source.image_size,
+        norm=norm_factory(config),
+        **options,
+    )
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+
+def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(config.optimizer)(
+        param_groups(model, config.weight_decay),
+        lr=config.effective_lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        beta1=config.beta1,
+        beta2=config.beta2,
+    )
+
+
+def steps_per_epoch(config: TrialConfig, train_size: int) -> int:
+    """Full batches per epoch: the last partial batch is dropped, so every step sees
+    exactly ``batch_size`` examples (BatchNorm statistics stay comparable)."""
+    return train_size // config.batch_size
+
+
+def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = steps * config.epochs
+    factor = SCHEDULES.get(config.schedule)(
+        total_steps=total,
+        warmup_steps=round(config.warmup_epochs * steps),
+        milestones=config.lr_milestones,
+        gamma=config.lr_gamma,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def preflight(config: TrialConfig) -> None:
+    """Checks that need the zoo, done before any trial starts: the model builds with this
+    norm (e.g. GroupNorm's groups divide every layer's channels), the optimizer and the
+    schedule accept their options, and the batch fits the training set. Built on the
+    meta device: no memory, no data."""
+    source = DATASETS.get(config.dataset)
+    train_size = min(source.train_size, config.train_subset or source.train_size)
+    if config.batch_size > train_size:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is larger than the training set ({train_size} images of "
+            f"{config.dataset}{' after train_subset' if config.train_subset else ''}); no full batch fits."
+        )
+    with torch.device("meta"):
+        model = build_model(config, source)
+        optimizer = build_optimizer(config, model)
+    build_schedule(config, optimizer, steps_per_epoch(config, train_size))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH])
+        target = y[i : i + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+def run_trial(
+    config: TrialConfig,
+    report: Report | None = None,
+    *,
+    data: Splits | None = None,
+    data_dir: str | None = None,
+    device: str | None = None,
+) -> TrialResult:
+    """Train one trial to the end of its budget; never raises."""
+    result = TrialResult(status="failed")
+    started = time.perf_counter()
+    try:
+        chosen = pick_device(device)
+        result.env = environment(str(chosen))
+        _train(config, result, report or (lambda _: None), data, data_dir, chosen)
+    except Exception:  # noqa: BLE001 - any failure is a trial outcome, the grid goes on
+        result.status = "failed"
+        result.error = traceback.format_exc()
+    result.summary["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _train(
+    config: TrialConfig,
+    result: TrialResult,
+    report: Report,
+    data: Splits | None,
+    data_dir: str | None,
+    device: torch.device,
+) -> None:
+    seed_everything(config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=data_dir, train_subset=config.train_subset, val_subset=config.val_subset)
+    data = data.to(device)
+    model = build_model(config, DATASETS.get(config.dataset)).to(device)
+    optimizer = build_optimizer(config, model)
+    steps = steps_per_epoch(config, len(data.train_x))
+    if steps < 1:
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data.train_x)} training images.")
+    scheduler = build_schedule(config, optimizer, steps)
+    augment = AUGMENTS.get(config.augment)(data.image_size)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    summary = result.summary
+    summary.update(effective_lr=config.effective_lr, steps_per_epoch=steps, device=str(device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    first_loss: float | None = None
+    step = 0
+    best_val = -math.inf
+    train_seconds = 0.0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        order = torch.randperm(len(data.train_x), generator=gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        grad_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr_now = optimizer.param_groups[0]["lr"]
+        for i in range(steps):
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            x = augment(data.train_x[idx], gen)
+            y = data.train_y[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])))
+            value = loss.item()
+            if first_loss is None:
+                first_loss = value
+            if not math.isfinite(value) or value > config.diverge_factor * max(first_loss, 1e-8):
+                result.status = "diverged"
+                summary.update(diverged_step=step, diverged_epoch=epoch, diverged_loss=value if math.isfinite(value) else None)
+                summary.update(_final(result.epochs, best_val, step, train_seconds, device))
+                return
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach()
+            grad_sum += grad_norm.detach()
+            correct += (logits.argmax(1) == y).sum()
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+        best_val = max(best_val, val_acc)
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": loss_sum.item() / steps,
+            "train_acc": correct.item() / (steps * config.batch_size),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr_now,
+            "grad_norm": grad_sum.item() / steps,
+            "epoch_seconds": time.perf_counter() - t0,
+            "train_seconds": seconds,
+            "samples_per_s": steps * config.batch_size / seconds if seconds > 0 else None,
+            "peak_mem_mb": _peak_memory_mb(device),
+        }
+        result.epochs.append(metrics)
+        report(metrics)
+    result.status = "completed"
+    summary.update(_final(result.epochs, best_val, step, train_seconds, device))
+
+
+def _final(epochs: list[dict[str, Any]], best_val: float, step: int, train_seconds: float, device: torch.device) -> dict[str, Any]:
+    last = epochs[-1] if epochs else {}
+    return {
+        "epochs_done": len(epochs),
+        "steps": step,
+        "final_val_acc": last.get("val_acc"),
+        "final_val_loss": last.get("val_loss"),
+        "final_train_loss": last.get("train_loss"),
+        "final_train_acc": last.get("train_acc"),
+        "best_val_acc": best_val if epochs else None,
+        "train_seconds": train_seconds,
+        "samples_per_s": (sum(e["samples_per_s"] * e["train_seconds"] for e in epochs) / train_seconds) if epochs and train_seconds else None,
+        "peak_mem_mb": _peak_memory_mb(device),
+    }

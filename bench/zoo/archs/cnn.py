@@ -1,0 +1,30 @@
+"""A small plain CNN: (conv → norm → ReLU) × depth, 2×2 max-pool after every second
+conv, global average pool, linear classifier. ``depth=4`` is the 4-conv CNN of the
+small-scale batch-size experiments; channels double after each pooling."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from bench.errors import ConfigError
+from bench.zoo.archs import ARCHS
+from bench.zoo.norms import NormFactory
+
+
+@ARCHS.register("cnn", "Small plain CNN: depth conv layers (default 4), pooled every 2, width doubling.")
+def build_cnn(
+    *, in_channels: int, num_classes: int, image_size: int, norm: NormFactory, width: int = 16, depth: int = 4
+) -> nn.Module:
+    if depth < 1:
+        raise ConfigError(f"The cnn needs depth ≥ 1 conv layers; got depth={depth}.")
+    layers: list[nn.Module] = []
+    channels, size = in_channels, image_size
+    for i in range(depth):
+        out = width * 2 ** (i // 2)
+        layers += [nn.Conv2d(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out), nn.ReLU(inplace=True)]
+        channels = out
+        if i % 2 == 1 and size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    return nn.Sequential(*layers)

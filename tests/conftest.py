@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Every test gets its own store and data directory and never sees the user's."""
+    monkeypatch.delenv("BENCH_MONGO_URI", raising=False)
+    monkeypatch.setenv("BENCH_STORE", str(tmp_path / "store.sqlite"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BENCH_RAY_DIR", str(tmp_path / "ray"))
+    torch.manual_seed(0)
