@@ -35,8 +35,9 @@ from bench.errors import BenchError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-console = Console()
-err_console = Console(stderr=True)
+# Tables of runs are wide: outside a terminal (pipes, CI logs) do not squeeze them to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(

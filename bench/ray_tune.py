@@ -29,11 +29,46 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
 
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+
+class StoreCallback(tune.Callback):
+    """Runs in the driver: forwards trial events to the recorder as they come."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder: Recorder | None = recorder
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config with the experiment state; the recorder holds a
+        # database connection and lives only in this driver process.
+        return {"recorder": None}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.recorder:
+            self.recorder.started(trial.config["trial_id"])
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not self.recorder:
+            return
+        trial_id = trial.config["trial_id"]
+        if result.get("event") == "epoch":
+            self.recorder.epoch(trial_id, dict(result["metrics"]))
+        elif result.get("event") == "final":
+            outcome = TrialResult(
+                status=result["status"], summary=dict(result["summary"]), error=result.get("error"), env=dict(result.get("env") or {})
+            )
+            self.recorder.finished(trial_id, outcome)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        trial_id = trial.config["trial_id"]
+        if self.recorder and trial_id in self.recorder.active:
+            self.recorder.crashed(trial_id, _error_text(trial))
+
 
 def _trainable(params: dict[str, Any], configs: dict[str, TrialConfig], data_dir: str | None, device: str | None) -> None:
     """Runs on a Ray worker: one trial, reporting each epoch, then the outcome."""
     import torch
-    from ray import tune
 
     threads = int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     torch.set_num_threads(max(1, threads))
@@ -47,8 +82,6 @@ def _trainable(params: dict[str, Any], configs: dict[str, TrialConfig], data_dir
 def _connect(address: str | None) -> bool:
     """Starts a local Ray runtime, or joins a cluster (``--address`` / RAY_ADDRESS).
     Returns whether this call started Ray (and so should shut it down)."""
-    import ray
-
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -69,29 +102,7 @@ def _connect(address: str | None) -> bool:
 
 
 def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -> None:
-    import ray
-    from ray import tune
-
     configs = {c.trial_id: c for c in todo}
-
-    class StoreCallback(tune.Callback):
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            recorder.started(trial.config["trial_id"])
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            trial_id = trial.config["trial_id"]
-            if result.get("event") == "epoch":
-                recorder.epoch(trial_id, dict(result["metrics"]))
-            elif result.get("event") == "final":
-                outcome = TrialResult(
-                    status=result["status"], summary=dict(result["summary"]), error=result.get("error"), env=dict(result.get("env") or {})
-                )
-                recorder.finished(trial_id, outcome)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            trial_id = trial.config["trial_id"]
-            if trial_id in recorder.active:
-                recorder.crashed(trial_id, _error_text(trial))
 
     started = _connect(options.address)
     try:
@@ -103,12 +114,12 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
         tuner = tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(list(configs))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"bench-{recorder.study.replace('@', '-')}",
                 storage_path=str(storage),
                 verbose=0,
-                callbacks=[StoreCallback()],
+                callbacks=[StoreCallback(recorder)],
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),

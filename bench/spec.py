@@ -171,6 +171,11 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             raise bad
         return int(value)
     if kind == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

@@ -44,17 +44,18 @@ def _fmt(value: float, scale: float, digits: int) -> str:
 
 def format_cell(cell: pd.Series, *, scale: float = 100.0, digits: int = 1, best: bool = False) -> str:
     """``**86.3 ± 0.4** (n=3)``; ``diverged 3/3``; ``85.1 (n=2; 1/3 diverged)``."""
-    notes = [f"{cell[o]}/{cell['total']} {o}" for o in ("diverged", "failed") if cell[o]]
-    if cell["pending"]:
-        notes.append(f"{cell['pending']}/{cell['total']} not run")
-    if cell["n"] == 0:
+    counts = {k: int(cell[k]) for k in ("n", "total", "pending", *OUTCOMES)}  # a row Series may hold floats
+    notes = [f"{counts[o]}/{counts['total']} {o}" for o in ("diverged", "failed") if counts[o]]
+    if counts["pending"]:
+        notes.append(f"{counts['pending']}/{counts['total']} not run")
+    if counts["n"] == 0:
         return "; ".join(notes) or "—"
     text = _fmt(cell["mean"], scale, digits)
-    if cell["n"] > 1:
+    if counts["n"] > 1:
         text += f" ± {_fmt(cell['std'], scale, digits)}"
     if best:
         text = f"**{text}**"
-    return f"{text} (n={cell['n']}{'; ' + '; '.join(notes) if notes else ''})"
+    return f"{text} (n={counts['n']}{'; ' + '; '.join(notes) if notes else ''})"
 
 
 def best_rows(agg: pd.DataFrame, rows: str, columns: str, higher_is_better: bool = True) -> dict[object, object]:
@@ -91,7 +92,7 @@ def pivot_markdown(
         for c in col_values:
             cell = index.get((r, c))
             cells.append("—" if cell is None else format_cell(cell, scale=scale, digits=digits, best=best.get(c) == r))
-        lines.append(f"| **{r}** | " + " | ".join(cells) + " |")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

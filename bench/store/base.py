@@ -19,7 +19,7 @@ from pathlib import Path, PurePath
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote
 
-from bench.errors import StoreError
+from bench.errors import QueryError, StoreError
 
 SCHEMA_VERSION = 1
 """Version of the document layout; the stores set it on every run they write."""
@@ -187,6 +187,18 @@ def _guarded(obj: Any, active: set[int], build: Any, cycle: str) -> Any:
 def _sanitize_mapping(obj: Mapping, depth: int, active: set[int]) -> dict:
     out: dict[str, Any] = {}
     for key, value in obj.items():
+        # Fast path for the common case (metric rows): plain keys, plain values.
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            pass
+        elif kind is float:
+            if value - value != 0.0:  # NaN or ±inf
+                value = None
+        else:
+            value = _sanitize(value, depth + 1, active)
+        if type(key) is str and key.isascii() and key.isidentifier() and key not in out:
+            out[key] = value
+            continue
         name = key if isinstance(key, str) else str(_sanitize(key, depth + 1, active))
         name = _clean_str(name)
         for ch in _KEY_REPLACED:
@@ -196,7 +208,7 @@ def _sanitize_mapping(obj: Mapping, depth: int, active: set[int]) -> dict:
             while f"{name}_{n}" in out:
                 n += 1
             name = f"{name}_{n}"
-        out[name] = _sanitize(value, depth + 1, active)
+        out[name] = value
     return out
 
 
@@ -224,9 +236,14 @@ def _fallback_str(obj: Any) -> str:
         return f"<unprintable {type(obj).__name__}>"
 
 
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+)
+
+
 def dumps(doc: Any) -> str:
     """Compact JSON text of an already-sanitized document."""
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(doc)
 
 
 # --------------------------------------------------------------------------- run rules
@@ -304,11 +321,10 @@ def prepare_run_update(
     if not isinstance(fields, Mapping):
         raise StoreError(f"Run fields must be a mapping of field name to value, got {fields!r}.")
     clean = sanitize(dict(fields))
-    if "_id" in clean:
-        if clean.pop("_id") != run_id:
-            raise StoreError(
-                f"Run {run_id!r}: the fields carry a different '_id'; a run's id cannot change."
-            )
+    if "_id" in clean and clean.pop("_id") != run_id:
+        raise StoreError(
+            f"Run {run_id!r}: the fields carry a different '_id'; a run's id cannot change."
+        )
     clean["schema_version"] = SCHEMA_VERSION
     if study is not None and isinstance(clean.get("study"), list):
         if study not in clean["study"]:
@@ -351,7 +367,7 @@ def prepare_metrics(docs: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, d
     for raw in docs:
         if not isinstance(raw, Mapping):
             raise StoreError(f"A metrics document must be a mapping, got {raw!r}.")
-        doc = sanitize(dict(raw))
+        doc = sanitize(raw)
         doc.pop("_id", None)
         run_id, epoch = doc.get("run_id"), doc.get("epoch")
         if not isinstance(run_id, str) or not run_id:
@@ -363,7 +379,6 @@ def prepare_metrics(docs: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, d
                 f"Every metrics document needs an integer 'epoch'; got {epoch!r} for run "
                 f"{run_id!r}."
             )
-        rows.pop((run_id, epoch), None)
         rows[(run_id, epoch)] = doc
     return [(run_id, epoch, doc) for (run_id, epoch), doc in rows.items()]
 
@@ -384,6 +399,12 @@ def unique_ids(run_ids: Iterable[str]) -> list[str]:
     if isinstance(run_ids, str):
         raise StoreError("find_metrics takes a list of run ids, not a single string.")
     return sorted({_check_name("run id", r) for r in run_ids})
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise QueryError(f"limit must be a non-negative integer (0 means no limit), got {limit!r}.")
+    return limit
 
 
 T = TypeVar("T")
@@ -432,7 +453,7 @@ def mask_uri(uri: str) -> str:
 
 def uri_password(uri: str) -> str | None:
     """The password in a URI's user info, if any (used to scrub error messages)."""
-    scheme, sep, rest = uri.partition("://")
+    _scheme, sep, rest = uri.partition("://")
     if not sep:
         return None
     query_at = rest.find("?")

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pytest
+
+from bench.errors import ConfigError, UnknownNameError
+from bench.spec import TrialConfig, from_mapping, load_spec, parse_assignment, scaled_lr
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+SPEC = """
+    name: demo
+    description: a demo
+    base: {dataset: synthetic, epochs: 1, lr: 0.1, lr_scaling: linear, lr_base_batch: 16}
+    axes:
+      norm: [bn, gn]
+      batch_size: [4, 16]
+    repeats: 2
+    report: {rows: norm, columns: batch_size, metric: final_val_acc}
+    profiles:
+      quick: {base: {epochs: 2}, axes: {batch_size: [8]}, repeats: 1}
+"""
+
+
+def test_trial_id_is_a_stable_hash_of_the_full_config():
+    a = TrialConfig(norm="gn", batch_size=4)
+    b = from_mapping({"batch_size": 4, "norm": "gn"})
+    assert a.trial_id == b.trial_id and len(a.trial_id) == 16
+    assert a.trial_id != TrialConfig(norm="gn", batch_size=4, seed=1).trial_id
+    # every field is part of the identity, defaults included
+    assert '"epochs":5' in __import__("json").dumps(a.to_dict(), separators=(",", ":"))
+
+
+def test_expand_is_the_cartesian_product_times_seeds(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC))
+    trials = spec.expand()
+    assert len(trials) == 2 * 2 * 2
+    assert [(t.norm, t.batch_size, t.seed) for t in trials[:3]] == [("bn", 4, 0), ("bn", 4, 1), ("bn", 16, 0)]
+    assert len({t.trial_id for t in trials}) == 8
+
+
+def test_linear_lr_scaling_is_derived_from_the_batch_size(tmp_path):
+    trials = load_spec(write(tmp_path, SPEC)).expand()
+    by_batch = {t.batch_size: t.effective_lr for t in trials}
+    assert by_batch == {4: pytest.approx(0.025), 16: pytest.approx(0.1)}
+    assert scaled_lr(0.1, 64, 16, "sqrt") == pytest.approx(0.2)
+    assert scaled_lr(0.1, 64, 16, "none") == 0.1
+
+
+def test_profile_overrides_base_axes_and_repeats(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC), profile="quick")
+    trials = spec.expand()
+    assert spec.key == "demo@quick"
+    assert [(t.norm, t.batch_size, t.epochs, t.seed) for t in trials] == [("bn", 8, 2, 0), ("gn", 8, 2, 0)]
+
+
+def test_command_line_override_of_an_axis_fixes_it(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC), overrides={"batch_size": 4, "epochs": 3})
+    trials = spec.expand()
+    assert {t.batch_size for t in trials} == {4} and {t.epochs for t in trials} == {3}
+    assert len(trials) == 4
+
+
+def test_zip_axes_vary_together(tmp_path):
+    path = write(tmp_path, """
+        name: z
+        base: {dataset: synthetic}
+        axes: {norm: [gn]}
+        zip: {norm_groups: [1, 2, 4], width: [8, 16, 32]}
+    """)
+    trials = load_spec(path).expand()
+    assert [(t.norm_groups, t.width) for t in trials] == [(1, 8), (2, 16), (4, 32)]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nbase: {norm: batchnorm}\naxes: {}", "Unknown norm 'batchnorm'. Valid norm names: bn, gn, in, ln, none"),
+        ("name: x\nbase: {}\naxes: {optimizer: [sgd, lion]}", "Unknown optimizer 'lion'"),
+        ("name: x\nbase: {arch: vgg99}\naxes: {}", "Unknown arch 'vgg99'"),
+        ("name: x\nbase: {dataset: imagenet}\naxes: {}", "Unknown dataset 'imagenet'"),
+        ("name: x\nbase: {schedule: cyclic}\naxes: {}", "Unknown schedule 'cyclic'"),
+        ("name: x\nbase: {}\naxes: {}\nrepeat: 3", "Unknown study spec key 'repeat'. Valid study spec key names"),
+        ("name: x\nbase: {batchsize: 3}\naxes: {}", "Unknown base config key 'batchsize'"),
+        ("name: x\nbase: {}\naxes: {batch_size: [2, 0]}", "batch_size must be a positive integer; got batch_size=0"),
+        ("name: x\nbase: {lr: -0.1}\naxes: {}", "lr must be a finite number ≥ 0; got lr=-0.1"),
+        ("name: x\nbase: {batch_size: eight}\naxes: {}", "batch_size must be int; got 'eight'"),
+        ("name: x\nbase: {}\naxes: {norm: gn}", "Axis 'norm' must be a non-empty list"),
+        ("name: x\nbase: {}\naxes: {}\nrepeats: 0", "repeats must be a positive integer"),
+    ],
+)
+def test_invalid_specs_fail_with_a_clear_message(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_spec(write(tmp_path, text)).expand()
+    assert message in str(info.value)
+
+
+def test_unknown_profile_lists_profiles(tmp_path):
+    with pytest.raises(ConfigError, match="no profile 'full'. Profiles: default, quick"):
+        load_spec(write(tmp_path, SPEC), profile="full")
+
+
+def test_unknown_study_lists_studies(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    with pytest.raises(UnknownNameError, match="Valid study names: a"):
+        load_spec("b", search=tmp_path)
+
+
+def test_set_values_are_read_as_yaml():
+    assert parse_assignment("batch_size=8") == ("batch_size", 8)
+    assert from_mapping(dict([parse_assignment("lr=1e-3")])).lr == 0.001
+    assert parse_assignment("nesterov=true") == ("nesterov", True)
+    assert parse_assignment("lr_milestones=[0.3, 0.6]") == ("lr_milestones", [0.3, 0.6])
+    assert parse_assignment("dataset=cifar10") == ("dataset", "cifar10")
+    assert from_mapping({"lr_milestones": [0.3, 0.6]}).lr_milestones == (0.3, 0.6)
+    with pytest.raises(UnknownNameError, match="Unknown config key 'epoch'"):
+        parse_assignment("epoch=3")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_assignment("epochs")
+
+
+def test_values_are_validated():
+    for bad in ({"momentum": 1.0}, {"lr": math.nan}, {"lr": math.inf}, {"epochs": 0}, {"warmup_epochs": 9, "epochs": 2},
+                {"lr_scaling": "quadratic"}, {"nesterov": "yes"}):
+        with pytest.raises(ConfigError):
+            from_mapping(bad)
+
+
+def test_shipped_studies_expand():
+    for name in ("norm-vs-batch",):
+        spec = load_spec(name)
+        assert len(spec.expand()) == 5 * 6 * 3
+        assert len(load_spec(name, profile="quick").expand()) == 5 * 6
