@@ -188,6 +188,13 @@ def grid(
             console.print(f"report: {path}")
         if counts["failed"]:
             console.print("[yellow]Some trials failed:[/] `bench results ls --status failed` shows them; `bench results show ID` the traceback.")
+        unfinished = len(grid_plan.todo) - counts["done"]
+        if unfinished:
+            err_console.print(
+                f"[yellow]Interrupted:[/] {unfinished} trials did not finish. Run the same command again to resume: "
+                "finished trials are kept and only the others run."
+            )
+            raise typer.Exit(130)
     finally:
         store.close()
 

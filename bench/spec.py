@@ -1,9 +1,9 @@
 """Trial configurations and study specifications.
 
 A :class:`TrialConfig` holds every knob of one trial. Its canonical JSON (sorted keys,
-every field spelled out, defaults included) hashed with SHA-256 is the trial id: two
-identical configs are the same trial, whichever study asks for it, and the store answers
-the second request from the first run.
+fields at their default left out) hashed with SHA-256 is the trial id: two identical
+configs are the same trial, whichever study asks for it, and the store answers the second
+request from the first run. The stored config always spells out every field.
 
 A :class:`StudySpec` is a YAML file in ``ablations/`` (data, not code)::
 
@@ -134,8 +134,16 @@ class TrialConfig:
 
     @property
     def trial_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical config: sorted keys, and fields at their default left
+        out. Leaving defaults out is what lets the harness grow: a new knob is added with a
+        default that reproduces the old behaviour, so every stored result keeps its id.
+        The other half of that contract is that a default never changes (pinned by a test)."""
+        canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def canonical(self) -> dict[str, Any]:
+        """The fields that differ from their defaults: what identifies the trial."""
+        return {k: v for k, v in self.to_dict().items() if v != DEFAULTS[k]}
 
     @property
     def effective_lr(self) -> float:
@@ -200,6 +208,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+DEFAULTS: dict[str, Any] = {f.name: _jsonable(f.default) for f in fields(TrialConfig)}
 
 
 def from_mapping(values: Mapping[str, Any]) -> TrialConfig:

@@ -141,8 +141,8 @@ def _sanitize(obj: Any, depth: int, active: set[int]) -> Any:
         except OverflowError:
             return str(value)
     if isinstance(obj, float):
-        value = float(obj)
-        return value if math.isfinite(value) else None
+        number = float(obj)
+        return number if math.isfinite(number) else None
     if isinstance(obj, str):
         return _clean_str(obj)
     if depth >= _MAX_DEPTH:
@@ -189,7 +189,7 @@ def _sanitize_mapping(obj: Mapping, depth: int, active: set[int]) -> dict:
     for key, value in obj.items():
         # Fast path for the common case (metric rows): plain keys, plain values.
         kind = type(value)
-        if kind is str or kind is bool or value is None:
+        if kind is bool or value is None or (kind is str and value.isascii()):
             pass
         elif kind is float:
             if value - value != 0.0:  # NaN or ±inf

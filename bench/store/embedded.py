@@ -46,18 +46,37 @@ _IN_CHUNK = 500  # run ids per IN (...) list; far below SQLite's parameter limit
 _CACHE_KIB = 32_768  # page cache per connection
 _MIN_SQLITE = (3, 38, 0)  # JSON functions built in; multiple recursive CTE terms
 
+
+def _index_statements() -> list[str]:
+    """Expression indexes for the indexed run fields.
+
+    A compiled equality filter is an OR of "the value equals", "the value is a list"
+    and "a prefix is a list"; with an index on each of those expressions SQLite can
+    answer it with a multi-index OR instead of scanning every run.
+    """
+    expressions: dict[str, str] = {}
+    for path in INDEXED_RUN_PATHS:
+        if path == "study":  # a list: matched through json_each, no index applies
+            continue
+        segments = path.split(".")
+        name = "_".join(segments)
+        expressions[name] = f"json_extract(doc, '{json_path(path)}')"
+        expressions[f"{name}_type"] = f"json_type(doc, '{json_path(path)}')"
+        for i in range(1, len(segments)):
+            prefix = ".".join(segments[:i])
+            expressions[f"{'_'.join(segments[:i])}_type"] = f"json_type(doc, '{json_path(prefix)}')"
+    return [
+        f"CREATE INDEX IF NOT EXISTS runs_{name} ON runs ({expression})"
+        for name, expression in expressions.items()
+    ]
+
+
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, doc TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS metrics (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, "
     "doc TEXT NOT NULL, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, doc TEXT NOT NULL)",
-    # Lets an equality filter on status find list-valued statuses through an index too.
-    "CREATE INDEX IF NOT EXISTS runs_status_type ON runs (json_type(doc, '$.status'))",
-] + [
-    f"CREATE INDEX IF NOT EXISTS runs_{path.replace('.', '_')} "
-    f"ON runs (json_extract(doc, '{json_path(path)}'))"
-    for path in INDEXED_RUN_PATHS
-    if path != "study"  # a list: matched through json_each, an index would not help
+    *_index_statements(),
 ]
 
 
@@ -120,6 +139,13 @@ class EmbeddedStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             self._ensure_schema(conn)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise StoreError(
+                f"Cannot use the result store {self.location}: {exc}. Check that the file "
+                "and its directory are writable and on a local disk, or choose another "
+                "location with BENCH_STORE or --store."
+            ) from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(

@@ -113,9 +113,13 @@ class MongoStore:
         self.location = mask_uri(uri) if uri else _client_location(client, self.database)
         self._closed = False
         self._bulk_write = True
-        with self._errors("prepare its collections"):
-            self.db = client[self.database]
-            self._ensure_schema()
+        try:
+            with self._errors("prepare its collections"):
+                self.db = client[self.database]
+                self._ensure_schema()
+        except StoreError:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ plumbing
 

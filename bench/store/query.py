@@ -360,6 +360,7 @@ def _equality(values: list[Scalar]) -> _Predicate:
 
 
 def _comparison(sql_op: str, value: Scalar) -> _Predicate:
+    bound: Scalar
     if isinstance(value, bool):
         types, bound = "IN ('true', 'false')", int(value)
     elif isinstance(value, str):
@@ -515,6 +516,7 @@ def compile_sort(sort: Any, column: str = "doc") -> list[str]:
 
     Values sort by type bracket first, then by value; a list sorts by its smallest
     element ascending and its largest descending, an empty list before null.
+    Sub-documents sort by their JSON text (MongoDB compares them field by field).
     """
     if not _COLUMN.fullmatch(column):
         raise QueryError(f"Invalid column name {column!r}.")

@@ -2,7 +2,8 @@
 
 ``store`` is parametrized over the embedded SQLite store, MongoStore on an in-memory
 mongomock client and, when ``BENCH_TEST_MONGO_URI`` points at a server, MongoStore on
-a real server (a fresh database per test, dropped afterwards).
+a real server (a fresh ``bench_test_*`` database per test, dropped afterwards, so the
+URI's user needs the right to create and drop databases).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import mongomock
 import pytest
+from pymongo import MongoClient
 
 from bench.store import EmbeddedStore, MongoStore, ResultStore
 
@@ -21,32 +23,39 @@ REAL_MONGO_URI = os.environ.get("BENCH_TEST_MONGO_URI", "").strip()
 BACKENDS = ["embedded", "mongomock"] + (["mongodb"] if REAL_MONGO_URI else [])
 
 
-def make_store(backend: str, tmp_path: Path) -> ResultStore:
-    if backend == "embedded":
-        return EmbeddedStore(tmp_path / "results.sqlite")
-    if backend == "mongomock":
-        return MongoStore(client=mongomock.MongoClient(), database="bench_test")
-    if backend == "mongodb":
-        return MongoStore(REAL_MONGO_URI, database=f"bench_test_{uuid.uuid4().hex[:12]}")
-    raise ValueError(f"unknown backend {backend!r}")
+class StoreFactory:
+    """Opens and disposes stores by backend name (for tests that need several at once)."""
+
+    backends: tuple[str, ...] = tuple(BACKENDS)
+
+    def make(self, backend: str, tmp_path: Path) -> ResultStore:
+        if backend == "embedded":
+            return EmbeddedStore(tmp_path / "results.sqlite")
+        if backend == "mongomock":
+            return MongoStore(client=mongomock.MongoClient(), database="bench_test")
+        if backend == "mongodb":
+            return MongoStore(REAL_MONGO_URI, database=f"bench_test_{uuid.uuid4().hex[:12]}")
+        raise ValueError(f"unknown backend {backend!r}")
+
+    def dispose(self, store: ResultStore) -> None:
+        store.close()
+        if isinstance(store, MongoStore) and not isinstance(store.client, mongomock.MongoClient):
+            # The store's own client may be closed by the test; drop with a fresh one.
+            with MongoClient(REAL_MONGO_URI, serverSelectionTimeoutMS=5000) as client:
+                client.drop_database(store.database)
 
 
-def dispose(store: ResultStore) -> None:
-    if isinstance(store, MongoStore) and not isinstance(store.client, mongomock.MongoClient):
-        store.client.drop_database(store.database)
-    store.close()
+@pytest.fixture(scope="session")
+def store_factory() -> StoreFactory:
+    return StoreFactory()
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
-    instance = make_store(request.param, tmp_path)
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, store_factory: StoreFactory
+) -> Iterator[ResultStore]:
+    instance = store_factory.make(request.param, tmp_path)
     try:
         yield instance
     finally:
-        dispose(instance)
-
-
-@pytest.fixture
-def backend(request: pytest.FixtureRequest, store: ResultStore) -> str:
-    """Name of the backend behind ``store``: embedded, mongomock or mongodb."""
-    return request.node.callspec.params["store"]
+        store_factory.dispose(instance)

@@ -11,11 +11,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import mongomock
 import numpy as np
 import pytest
-from conftest import make_store
 
 import bench.store.embedded
 import bench.store.mongo
@@ -370,9 +370,10 @@ def test_every_written_document_is_sanitized(store: ResultStore) -> None:
             "config": {"lr": np.float64(0.1), "$where": 1, "a.b": 2, "sizes": np.array([1, 2])},
             "summary": {"loss": math.nan, "best": math.inf, "worst": -math.inf, "ok": 0.5},
             "env": {
-                "when": dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC),
+                "when": dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc),
                 "dir": Path("/x"),
             },
+            "note": "bad \ud800 text",
         },
     )
     assert store.get_run("r") == {
@@ -380,6 +381,7 @@ def test_every_written_document_is_sanitized(store: ResultStore) -> None:
         "config": {"lr": 0.1, "_where": 1, "a_b": 2, "sizes": [1, 2]},
         "summary": {"loss": None, "best": None, "worst": None, "ok": 0.5},
         "env": {"when": "2024-05-01T12:00:00+00:00", "dir": "/x"},
+        "note": "bad ? text",
         "schema_version": SCHEMA_VERSION,
     }
     store.upsert_metrics([{"run_id": "r", "epoch": 0, "val.loss": math.nan, "$x": (1, 2)}])
@@ -389,8 +391,10 @@ def test_every_written_document_is_sanitized(store: ResultStore) -> None:
     assert store.count_runs({"summary.loss": None}) == 1
 
 
-def test_documents_round_trip_identically_across_backends(tmp_path: Path) -> None:
-    stores = [make_store("embedded", tmp_path), make_store("mongomock", tmp_path)]
+def test_documents_round_trip_identically_across_backends(
+    tmp_path: Path, store_factory: Any
+) -> None:
+    stores = [store_factory.make("embedded", tmp_path), store_factory.make("mongomock", tmp_path)]
     try:
         for s in stores:
             s.upsert_run(
@@ -492,6 +496,7 @@ def test_sanitize_handles_any_input() -> None:
     assert sanitize(Path("a/b")) == "a/b"
     assert sanitize(dt.datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05"
     assert sanitize("\ud800x") == "?x"
+    assert sanitize({"k": "\udcff", "ok": "é"}) == {"k": "?", "ok": "é"}
     assert isinstance(sanitize(_Unprintable()), str)
     original = {"k.k": [math.nan]}
     sanitize(original)

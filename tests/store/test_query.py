@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import BACKENDS, dispose, make_store
 
 from bench.errors import QueryError
 from bench.store import ResultStore, validate_filter
@@ -185,10 +186,12 @@ SERVER_ONLY_CASES: list[tuple[dict, list[str]]] = [
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ResultStore]]:
+def stores(
+    tmp_path_factory: pytest.TempPathFactory, store_factory: Any
+) -> Iterator[dict[str, ResultStore]]:
     loaded: dict[str, ResultStore] = {}
-    for backend in BACKENDS:
-        store = make_store(backend, tmp_path_factory.mktemp(backend))
+    for backend in store_factory.backends:
+        store = store_factory.make(backend, tmp_path_factory.mktemp(backend))
         for run_id, (fields, studies) in RUNS.items():
             store.upsert_run(run_id, fields)
             for study in studies:
@@ -196,7 +199,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Resul
         loaded[backend] = store
     yield loaded
     for store in loaded.values():
-        dispose(store)
+        store_factory.dispose(store)
 
 
 def _ids(docs: list[dict]) -> list[str]:
@@ -459,8 +462,8 @@ def test_query_error_is_a_bench_error() -> None:
         validate_filter({"$where": "1"})
 
 
-def test_paths_may_use_digits_and_underscores(tmp_path: Path) -> None:
-    store = make_store("embedded", tmp_path)
+def test_paths_may_use_digits_and_underscores(tmp_path: Path, store_factory: Any) -> None:
+    store = store_factory.make("embedded", tmp_path)
     try:
         store.upsert_run("x", {"summary": {"top_1": 0.5, "2nd": [{"k": 1}]}})
         assert _ids(store.find_runs({"summary.top_1": 0.5})) == ["x"]
@@ -468,3 +471,64 @@ def test_paths_may_use_digits_and_underscores(tmp_path: Path) -> None:
         assert _ids(store.find_runs({"summary.2nd.k": 1})) == ["x"]
     finally:
         store.close()
+
+
+def test_random_filters_agree_between_embedded_and_mongomock(
+    tmp_path: Path, store_factory: Any
+) -> None:
+    """Differential check on generated documents and filters (fixed seed).
+
+    Generation stays inside what mongomock models faithfully: no numeric-looking keys
+    in documents, and no null or $exists:false tests on dotted paths.
+    """
+    rng = random.Random(20240501)
+    keys = ["x", "y", "z"]
+
+    def value(depth: int = 0) -> object:
+        roll = rng.random()
+        if roll < 0.25:
+            return rng.choice([1, 2, 3, 2.5, -1])
+        if roll < 0.45:
+            return rng.choice(["a", "b", "c", "ab"])
+        if roll < 0.5 or depth >= 2:
+            return None
+        if roll < 0.7:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {k: value(depth + 1) for k in rng.sample(keys, rng.randint(0, 3))}
+
+    paths = ["x", "y", "x.y", "x.z", "y.x.z", "x.0", "x.1.y", "z.x"]
+
+    def scalar(dotted: bool) -> object:
+        return rng.choice([1, 2, 2.5, 3, "a", "b", "ab"] + ([] if dotted else [None]))
+
+    def condition() -> dict:
+        path = rng.choice(paths)
+        dotted = "." in path
+        op = rng.choice(["eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"])
+        if op == "eq":
+            return {path: scalar(dotted)}
+        if op in ("$in", "$nin"):
+            return {path: {op: [scalar(dotted) for _ in range(rng.randint(0, 3))]}}
+        if op == "$exists":
+            return {path: {op: True if dotted else rng.random() < 0.5}}
+        return {path: {op: scalar(True)}}
+
+    def generate(depth: int = 0) -> dict:
+        if depth < 2 and rng.random() < 0.2:
+            op = rng.choice(["$and", "$or"])
+            return {op: [generate(depth + 1) for _ in range(rng.randint(1, 3))]}
+        return condition()
+
+    embedded = store_factory.make("embedded", tmp_path)
+    mongo = store_factory.make("mongomock", tmp_path)
+    try:
+        for i in range(150):
+            doc = {k: value() for k in rng.sample(keys, rng.randint(0, 3))}
+            embedded.upsert_run(f"{i:03d}", doc)
+            mongo.upsert_run(f"{i:03d}", doc)
+        for _ in range(300):
+            filter = generate()
+            assert _ids(embedded.find_runs(filter)) == _ids(mongo.find_runs(filter)), filter
+    finally:
+        embedded.close()
+        mongo.close()
