@@ -91,7 +91,7 @@ def build_report(study: Mapping[str, Any], frame: pd.DataFrame, provenance: Mapp
 def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
     axes = study.get("axes") or {}
     zipped = study.get("zip") or {}
-    base = {k: v for k, v in (study.get("base") or {}).items() if k not in axes and k not in zipped}
+    base = {k: v for k, v in (study.get("base") or {}).items() if k not in axes and k not in zipped and v is not None}
     seeds = study.get("seeds") or [0]
     lines = [f"- Profile: `{study.get('profile', 'default')}`; trials: {len(frame)} "
              f"({_product(axes)} configurations × {len(seeds)} seed{'s' if len(seeds) != 1 else ''})"]

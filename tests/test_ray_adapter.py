@@ -1,0 +1,96 @@
+"""The Ray adapter's wiring, without starting Ray: resources, concurrency, cluster address."""
+
+from __future__ import annotations
+
+import pytest
+
+import bench.ray_tune as adapter
+from bench.errors import BenchError
+from bench.schedule import GridOptions, Recorder
+from bench.spec import TrialConfig
+
+
+class FakeTuner:
+    seen: dict = {}
+
+    def __init__(self, trainable, *, param_space, tune_config, run_config):
+        FakeTuner.seen = {"trainable": trainable, "space": param_space, "tune": tune_config, "run": run_config}
+
+    def fit(self):
+        return None
+
+
+class NullStore:
+    kind, location = "null", "-"
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(adapter.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(adapter.ray, "init", lambda **kw: calls.setdefault("init", kw))
+    monkeypatch.setattr(adapter.ray, "shutdown", lambda: calls.setdefault("shutdown", True))
+    monkeypatch.setattr(adapter.tune, "Tuner", FakeTuner)
+    return calls
+
+
+def test_resources_concurrency_and_address_reach_ray(no_ray, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    trials = [TrialConfig(dataset="synthetic", seed=s) for s in range(3)]
+    options = GridOptions(cpus_per_trial=2, gpus_per_trial=0.25, max_concurrent=3, address="ray://head:10001")
+    adapter.run_with_tune(trials, Recorder(NullStore(), "s", 3), options)
+    assert no_ray["init"]["address"] == "ray://head:10001" and no_ray["shutdown"]
+    request = FakeTuner.seen["trainable"]._resources
+    assert request.bundles == [{"CPU": 2.0, "GPU": 0.25}]
+    assert FakeTuner.seen["tune"].max_concurrent_trials == 3
+    assert FakeTuner.seen["space"]["trial_id"] == {"grid_search": [t.trial_id for t in trials]}
+
+
+def test_ray_address_from_the_environment(no_ray, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    adapter.run_with_tune([TrialConfig(dataset="synthetic")], Recorder(NullStore(), "s", 1), GridOptions())
+    assert no_ray["init"]["address"] == "10.0.0.5:6379"
+
+
+def test_unreachable_cluster_is_a_clear_error(monkeypatch):
+    def refuse(**kw):
+        raise ConnectionError("could not connect")
+
+    monkeypatch.setattr(adapter.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(adapter.ray, "init", refuse)
+    with pytest.raises(BenchError, match="Could not join the Ray cluster at 'ray://nowhere:1'.*ray start --head"):
+        adapter._connect("ray://nowhere:1")
+
+
+def test_callback_forwards_events_and_survives_pickling():
+    import pickle
+
+    class Store:
+        kind, location = "mem", "-"
+
+        def __init__(self):
+            self.runs, self.metrics = {}, []
+
+        def get_run(self, run_id):
+            return self.runs.get(run_id)
+
+        def upsert_run(self, run_id, fields, study=None):
+            self.runs.setdefault(run_id, {}).update(fields)
+
+        def upsert_metrics(self, docs):
+            self.metrics += docs
+
+    class Trial:
+        config = {"trial_id": "abc"}
+
+    store = Store()
+    recorder = Recorder(store, "s", 1)
+    callback = adapter.StoreCallback(recorder)
+    callback.on_trial_start(0, [], Trial())
+    callback.on_trial_result(0, [], Trial(), {"event": "epoch", "metrics": {"epoch": 1, "val_acc": 0.5}})
+    callback.on_trial_result(0, [], Trial(), {"event": "final", "status": "completed", "summary": {"x": 1}, "error": None, "env": {}})
+    assert store.metrics == [{"run_id": "abc", "epoch": 1, "val_acc": 0.5}]
+    assert store.runs["abc"]["status"] == "completed" and store.runs["abc"]["attempts"] == 1
+    assert recorder.counts["completed"] == 1 and not recorder.active
+    # Tune pickles its run config; the copy drops the driver-only recorder
+    assert pickle.loads(pickle.dumps(callback)).recorder is None
