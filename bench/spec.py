@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,21 @@ class TrialConfig:
     depth: int | None = None  # layers (cnn, mlp) or 6n+2 (resnet); None = default
     norm: str = "bn"
     norm_groups: int = 8  # GroupNorm: number of groups
+    norm_group_size: int | None = None  # GroupNorm: channels per group (overrides norm_groups)
+    norm_affine: bool = True  # learn a per-channel γ, β after normalizing
     norm_eps: float = 1e-5
-    norm_momentum: float = 0.1  # BatchNorm running-statistics momentum
+    norm_momentum: float = 0.1  # running-statistics momentum (BatchNorm and its variants)
+    norm_virtual_batch: int | None = None  # Ghost BatchNorm: examples per virtual batch
+    renorm_rmax: float = 3.0  # Batch Renorm: final r_max ...
+    renorm_dmax: float = 5.0  # ... and d_max
+    renorm_start: int = 5000  # optimizer steps of plain BatchNorm (r_max=1, d_max=0) before relaxing
+    renorm_rmax_at: int = 40000  # step at which r_max is reached
+    renorm_dmax_at: int = 25000  # step at which d_max is reached
+    conv: str = "standard"  # weight reparametrization of conv (and, where defined, linear) layers
+    wn_init: bool = False  # Weight Normalization: data-dependent initialization
+    train_only_norm: bool = False  # freeze every weight at init except the norm layers' γ and β
+    agc_clip: float = 0.0  # adaptive gradient clipping λ (0: off); the classifier is not clipped
+    nf_alpha: float = 0.2  # normalizer-free ResNet: residual branch scale α
     # optimization
     optimizer: str = "sgd"
     lr: float = 0.05  # peak learning rate at lr_base_batch examples per step
@@ -92,7 +105,10 @@ class TrialConfig:
         from bench.zoo.optimizers import OPTIMIZERS
         from bench.zoo.schedules import SCHEDULES
 
+        from bench.zoo.convs import CONVS
+
         for registry, value in (
+            (CONVS, self.conv),
             (DATASETS, self.dataset),
             (ARCHS, self.arch),
             (NORMS, self.norm),
@@ -105,12 +121,18 @@ class TrialConfig:
             raise UnknownNameError("lr_scaling rule", self.lr_scaling, LR_SCALING_RULES)
 
     def _check_values(self) -> None:
-        positive = ("batch_size", "epochs", "lr_base_batch", "norm_groups", "train_subset", "val_subset", "width", "depth")
+        positive = (
+            "batch_size", "epochs", "lr_base_batch", "norm_groups", "norm_group_size", "norm_virtual_batch", "train_subset",
+            "val_subset", "width", "depth",
+        )
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be a positive integer; got {name}={value}.")
-        non_negative = ("lr", "weight_decay", "momentum", "warmup_epochs", "norm_eps")
+        non_negative = (
+            "lr", "weight_decay", "momentum", "warmup_epochs", "norm_eps", "agc_clip", "nf_alpha", "renorm_dmax",
+            "renorm_start", "renorm_rmax_at", "renorm_dmax_at",
+        )
         for name in non_negative:
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
@@ -127,6 +149,17 @@ class TrialConfig:
             raise ConfigError(f"diverge_factor must be > 1; got {self.diverge_factor}.")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"lr_gamma must lie in (0, 1]; got {self.lr_gamma}.")
+        if self.renorm_rmax < 1:
+            raise ConfigError(f"renorm_rmax bounds r to [1/r_max, r_max], so it must be ≥ 1; got {self.renorm_rmax}.")
+        if self.norm == "bn-ghost":
+            virtual = self.norm_virtual_batch or self.batch_size
+            if self.batch_size % virtual:
+                raise ConfigError(
+                    f"Ghost BatchNorm splits each batch into virtual batches of norm_virtual_batch={virtual} "
+                    f"examples, which must divide batch_size={self.batch_size}."
+                )
+        if self.wn_init and self.conv != "wn":
+            raise ConfigError("wn_init=true is Weight Normalization's data-dependent initialization: it needs conv=wn.")
 
     # -- identity ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -142,8 +175,11 @@ class TrialConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def canonical(self) -> dict[str, Any]:
-        """The fields that differ from their defaults: what identifies the trial."""
-        return {k: v for k, v in self.to_dict().items() if v != DEFAULTS[k]}
+        """What identifies the trial: the fields that differ from their defaults, less the
+        options that do nothing for this trial (GroupNorm's groups when the norm is bn), so
+        a study that sets them in its base for every norm still shares trials with others."""
+        inert = {option for option, applies in OPTION_APPLIES.items() if not applies(self)}
+        return {k: v for k, v in self.to_dict().items() if v != DEFAULTS[k] and k not in inert}
 
     @property
     def effective_lr(self) -> float:
@@ -211,6 +247,16 @@ def _jsonable(value: Any) -> Any:
 
 
 DEFAULTS: dict[str, Any] = {f.name: _jsonable(f.default) for f in fields(TrialConfig)}
+
+# Options that act only for some trials (the stored config keeps them; the id ignores them).
+_GROUPED = ("gn", "bcn")
+OPTION_APPLIES: dict[str, Callable[[TrialConfig], bool]] = {
+    "norm_groups": lambda c: c.norm in _GROUPED,
+    "norm_group_size": lambda c: c.norm in _GROUPED,
+    "norm_virtual_batch": lambda c: c.norm == "bn-ghost",
+    **{f"renorm_{k}": (lambda c: c.norm == "brn") for k in ("rmax", "dmax", "start", "rmax_at", "dmax_at")},
+    "nf_alpha": lambda c: c.arch == "nf-resnet",
+}
 
 
 def from_mapping(values: Mapping[str, Any]) -> TrialConfig:

@@ -34,7 +34,8 @@ from bench.provenance import environment
 from bench.spec import TrialConfig
 from bench.zoo.archs import ARCHS
 from bench.zoo.augment import AUGMENTS
-from bench.zoo.norms import NormFactory
+from bench.zoo.convs import ConvFactory
+from bench.zoo.norms import NormFactory, RenormSchedule
 from bench.zoo.optimizers import OPTIMIZERS
 from bench.zoo.schedules import SCHEDULES
 
@@ -64,7 +65,18 @@ def seed_everything(seed: int) -> None:
 
 
 def norm_factory(config: TrialConfig) -> NormFactory:
-    return NormFactory(config.norm, groups=config.norm_groups, eps=config.norm_eps, momentum=config.norm_momentum)
+    return NormFactory(
+        config.norm,
+        groups=config.norm_groups,
+        group_size=config.norm_group_size,
+        eps=config.norm_eps,
+        momentum=config.norm_momentum,
+        affine=config.norm_affine,
+        virtual_batch=config.norm_virtual_batch,
+        renorm=RenormSchedule(
+            config.renorm_rmax, config.renorm_dmax, config.renorm_start, config.renorm_rmax_at, config.renorm_dmax_at
+        ),
+    )
 
 
 def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
@@ -75,6 +87,7 @@ def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
         num_classes=source.num_classes,
         image_size=source.image_size,
         norm=norm_factory(config),
+        conv=ConvFactory(config.conv),
         **options,
     )
 

@@ -46,12 +46,18 @@ def test_defaults_and_ids_are_pinned():
 
     assert DEFAULTS == {
         "dataset": "digits", "train_subset": None, "val_subset": None, "augment": "none", "arch": "cnn", "width": None,
-        "depth": None, "norm": "bn", "norm_groups": 8, "norm_eps": 1e-5, "norm_momentum": 0.1, "optimizer": "sgd",
+        "depth": None, "norm": "bn", "norm_groups": 8, "norm_group_size": None, "norm_affine": True, "norm_eps": 1e-5,
+        "norm_momentum": 0.1, "norm_virtual_batch": None, "renorm_rmax": 3.0, "renorm_dmax": 5.0, "renorm_start": 5000,
+        "renorm_rmax_at": 40000, "renorm_dmax_at": 25000, "conv": "standard", "wn_init": False, "train_only_norm": False,
+        "agc_clip": 0.0, "nf_alpha": 0.2, "optimizer": "sgd",
         "lr": 0.05, "lr_scaling": "linear", "lr_base_batch": 32, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
         "beta1": 0.9, "beta2": 0.999, "schedule": "cosine", "warmup_epochs": 0.0, "lr_milestones": [0.5, 0.75],
         "lr_gamma": 0.1, "batch_size": 32, "epochs": 5, "seed": 0, "diverge_factor": 10.0,
     }
     assert TrialConfig().trial_id == "44136fa355b3678a"
+    # options that do nothing for a trial do not change its id
+    assert TrialConfig(norm="bn", norm_groups=4).trial_id == TrialConfig(norm="bn").trial_id
+    assert TrialConfig(norm="gn", norm_groups=4).trial_id != TrialConfig(norm="gn").trial_id
     assert TrialConfig(norm="gn", batch_size=2, dataset="fashion-mnist").trial_id == "5da90a3840c3c9f6"
 
 

@@ -8,12 +8,20 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.zoo.archs import ARCHS
+from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
 
 @ARCHS.register("cnn", "Small plain CNN: depth conv layers (default 4), pooled every 2, width doubling.")
 def build_cnn(
-    *, in_channels: int, num_classes: int, image_size: int, norm: NormFactory, width: int = 16, depth: int = 4
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    norm: NormFactory,
+    conv: ConvFactory = ConvFactory(),
+    width: int = 16,
+    depth: int = 4,
 ) -> nn.Module:
     if depth < 1:
         raise ConfigError(f"The cnn needs depth ≥ 1 conv layers; got depth={depth}.")
@@ -21,10 +29,10 @@ def build_cnn(
     channels, size = in_channels, image_size
     for i in range(depth):
         out = width * 2 ** (i // 2)
-        layers += [nn.Conv2d(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out), nn.ReLU(inplace=True)]
+        layers += [conv.conv(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out), nn.ReLU(inplace=True)]
         channels = out
         if i % 2 == 1 and size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), conv.linear(channels, num_classes)]
     return nn.Sequential(*layers)

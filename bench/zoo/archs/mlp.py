@@ -7,19 +7,27 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.zoo.archs import ARCHS
+from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
 
 @ARCHS.register("mlp", "Multilayer perceptron: depth hidden layers of `width` units (defaults 2 × 256).")
 def build_mlp(
-    *, in_channels: int, num_classes: int, image_size: int, norm: NormFactory, width: int = 256, depth: int = 2
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    norm: NormFactory,
+    conv: ConvFactory = ConvFactory(),
+    width: int = 256,
+    depth: int = 2,
 ) -> nn.Module:
     if depth < 0:
         raise ConfigError(f"The mlp needs depth ≥ 0 hidden layers; got depth={depth}.")
     layers: list[nn.Module] = [nn.Flatten()]
     features = in_channels * image_size * image_size
     for _ in range(depth):
-        layers += [nn.Linear(features, width, bias=norm.name == "none"), norm(width, dims=1), nn.ReLU(inplace=True)]
+        layers += [conv.linear(features, width, bias=norm.name == "none"), norm(width, dims=1), nn.ReLU(inplace=True)]
         features = width
-    layers.append(nn.Linear(features, num_classes))
+    layers.append(conv.linear(features, num_classes))
     return nn.Sequential(*layers)

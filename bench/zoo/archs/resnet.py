@@ -9,23 +9,20 @@ from torch import Tensor, nn
 
 from bench.errors import ConfigError
 from bench.zoo.archs import ARCHS
+from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
 
-def _conv3(cin: int, cout: int, stride: int, bias: bool) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
-
-
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory):
+    def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory, conv: ConvFactory):
         super().__init__()
         bias = norm.name == "none"
-        self.conv1, self.norm1 = _conv3(cin, cout, stride, bias), norm(cout)
-        self.conv2, self.norm2 = _conv3(cout, cout, 1, bias), norm(cout)
+        self.conv1, self.norm1 = conv.conv(cin, cout, 3, stride=stride, padding=1, bias=bias), norm(cout)
+        self.conv2, self.norm2 = conv.conv(cout, cout, 3, padding=1, bias=bias), norm(cout)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=bias), norm(cout))
+            self.shortcut = nn.Sequential(conv.conv(cin, cout, 1, stride=stride, bias=bias), norm(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.norm1(self.conv1(x)))
@@ -34,16 +31,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, norm: NormFactory, width: int, blocks: int):
+    def __init__(self, in_channels: int, num_classes: int, norm: NormFactory, conv: ConvFactory, width: int, blocks: int):
         super().__init__()
-        self.stem = nn.Sequential(_conv3(in_channels, width, 1, norm.name == "none"), norm(width), nn.ReLU(inplace=True))
+        stem = conv.conv(in_channels, width, 3, padding=1, bias=norm.name == "none")
+        self.stem = nn.Sequential(stem, norm(width), nn.ReLU(inplace=True))
         stages, cin = [], width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(blocks):
-                stages.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
+                stages.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm, conv))
                 cin = cout
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), conv.linear(cin, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.stages(self.stem(x)))
@@ -55,11 +53,18 @@ class ResNet(nn.Module):
     paper="He et al. 2016, arXiv:1512.03385",
 )
 def build_resnet(
-    *, in_channels: int, num_classes: int, image_size: int, norm: NormFactory, width: int = 16, depth: int = 8
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    norm: NormFactory,
+    conv: ConvFactory = ConvFactory(),
+    width: int = 16,
+    depth: int = 8,
 ) -> nn.Module:
     if depth < 8 or (depth - 2) % 6:
         raise ConfigError(
             f"A CIFAR-style resnet has depth 6n+2 with n ≥ 1 blocks per stage; got depth={depth}. "
             "Valid depths: 8, 14, 20, 26, 32, 44, 56, 110 (any 6n+2)."
         )
-    return ResNet(in_channels, num_classes, norm, width, (depth - 2) // 6)
+    return ResNet(in_channels, num_classes, norm, conv, width, (depth - 2) // 6)
