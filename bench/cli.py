@@ -261,7 +261,6 @@ def train(
     preflight(config)
     store = _open_store(ctx) if save else None
     console.print(f"trial [bold]{config.trial_id}[/] · effective lr {config.effective_lr:g}")
-    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "grad norm", "s", "samples/s")
     recorder = Recorder(store, "", 1) if store else None
     try:
         if store:
@@ -283,7 +282,6 @@ def train(
     finally:
         if store:
             store.close()
-    del table
     style = {"completed": "green", "diverged": "yellow", "failed": "red"}[result.status]
     console.print(f"[{style}]{result.status}[/] · final val acc {result.summary.get('final_val_acc')} · {result.summary['wall_seconds']:.1f}s")
     if result.status == "diverged":
@@ -456,16 +454,18 @@ def _registries() -> dict[str, Any]:
     from bench.data import DATASETS
     from bench.zoo.archs import ARCHS
     from bench.zoo.augment import AUGMENTS
+    from bench.zoo.convs import CONVS
     from bench.zoo.norms import NORMS
     from bench.zoo.optimizers import OPTIMIZERS
     from bench.zoo.schedules import SCHEDULES
 
-    return {"norms": NORMS, "optimizers": OPTIMIZERS, "schedules": SCHEDULES, "archs": ARCHS, "augments": AUGMENTS, "datasets": DATASETS}
+    return {"norms": NORMS, "convs": CONVS, "optimizers": OPTIMIZERS, "schedules": SCHEDULES, "archs": ARCHS,
+            "augments": AUGMENTS, "datasets": DATASETS}
 
 
 @app.command()
 @guarded
-def zoo(kind: Annotated[str | None, typer.Argument(help="norms, optimizers, schedules, archs, augments or datasets.")] = None) -> None:
+def zoo(kind: Annotated[str | None, typer.Argument(help="norms, convs, optimizers, schedules, archs, augments or datasets.")] = None) -> None:
     """What studies can compare: every registered technique, with its paper."""
     from bench.errors import UnknownNameError
 

@@ -80,7 +80,9 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
         torch.set_num_threads(previous)
 
     varying = [*spec.axes, *spec.zip]
-    table = Table("#", "trial id", *varying, "seed", "eff. lr", "steps", "est. s", box=None)
+    variant_of = spec.variant_of()
+    extra = ["variant"] if spec.variants else []
+    table = Table("#", "trial id", *extra, *varying, "seed", "eff. lr", "steps", "est. s", box=None)
     total_steps, total_seconds = 0, 0.0
     for i, config in enumerate(trials, 1):
         steps = trial_steps(config)
@@ -88,7 +90,8 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
         total_steps += steps
         total_seconds += seconds
         values = [str(getattr(config, k)) for k in varying]
-        table.add_row(str(i), config.trial_id, *values, str(config.seed), f"{config.effective_lr:.4g}", str(steps), f"{seconds:.0f}")
+        labels = [variant_of[config.trial_id]] if spec.variants else []
+        table.add_row(str(i), config.trial_id, *labels, *values, str(config.seed), f"{config.effective_lr:.4g}", str(steps), f"{seconds:.0f}")
     console.print(table)
     slots = concurrency(options)
     wall = total_seconds / min(slots, max(1, len(trials)))

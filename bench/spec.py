@@ -12,12 +12,15 @@ A :class:`StudySpec` is a YAML file in ``ablations/`` (data, not code)::
     base: {arch: cnn, lr: 0.02, lr_scaling: linear, lr_base_batch: 32, ...}
     axes: {norm: [bn, gn, ln, in, none], batch_size: [2, 4, 8, 16, 32, 64]}
     zip: {norm_groups: [...], width: [...]}      # optional: lists that vary together
+    variants: {gn+ws: {norm: gn, conv: ws}, ...}  # optional: named combinations, crossed with the axes
     repeats: 3                                   # seeds 0, 1, 2 (or `seeds: [..]`)
     report: {kind: pivot, rows: norm, columns: batch_size, metric: final_val_acc}
     profiles: {quick: {base: {...}, axes: {...}, repeats: 1}}
 
-``expand()`` yields the cartesian product of the axes × the zipped values × the seeds,
-each validated before anything runs.
+``expand()`` yields variants × the cartesian product of the axes × the zipped values ×
+the seeds, each validated before anything runs. Precedence, lowest first: base, axes and
+zip, the variant (a variant may pin an axis: a "BN at batch 32" reference row), then the
+command-line overrides.
 """
 
 from __future__ import annotations
@@ -290,8 +293,8 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
 
 # -- studies ----------------------------------------------------------------------------
 
-SPEC_KEYS = ("name", "description", "base", "axes", "zip", "repeats", "seeds", "report", "profiles", "baseline")
-PROFILE_KEYS = ("description", "base", "axes", "zip", "repeats", "seeds", "report")
+SPEC_KEYS = ("name", "description", "base", "variants", "axes", "zip", "repeats", "seeds", "report", "profiles")
+PROFILE_KEYS = ("description", "base", "variants", "axes", "zip", "repeats", "seeds", "report")
 REPORT_KEYS = ("kind", "rows", "columns", "metric", "plot", "title", "higher_is_better", "references")
 
 
@@ -302,6 +305,7 @@ class StudySpec:
     base: Mapping[str, Any]
     axes: Mapping[str, list[Any]]
     zip: Mapping[str, list[Any]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     report: Mapping[str, Any] = field(default_factory=dict)
     profile: str = "default"
@@ -315,19 +319,38 @@ class StudySpec:
         return self.name if self.profile == "default" else f"{self.name}@{self.profile}"
 
     def expand(self) -> list[TrialConfig]:
-        """Every trial of the study, validated, in a stable order (axes as written,
-        then zipped values, then seeds); duplicates removed."""
+        """Every trial of the study, validated, in a stable order (variants, axes as
+        written, zipped values, seeds); duplicates removed."""
+        return list(self.labelled().values())
+
+    def labelled(self) -> dict[str, TrialConfig]:
+        """Trial id → config, in expansion order; :meth:`variant_of` names each trial's variant."""
+        return {config.trial_id: config for _, config in self._expand()}
+
+    def variant_of(self) -> dict[str, str]:
+        """Trial id → the name of the variant it belongs to (empty without variants)."""
+        labels: dict[str, str] = {}
+        for name, config in self._expand():
+            labels.setdefault(config.trial_id, name)
+        return labels
+
+    def _expand(self) -> list[tuple[str, TrialConfig]]:
         axis_names = list(self.axes)
         zip_names = list(self.zip)
         zipped = list(zip(*self.zip.values())) if self.zip else [()]
-        trials: dict[str, TrialConfig] = {}
-        for combo in itertools.product(*(self.axes[a] for a in axis_names)):
-            for zvalues in zipped:
-                for seed in self.seeds:
-                    values = {**self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), "seed": seed}
-                    config = _with_context(values, f"study {self.key!r}")
-                    trials.setdefault(config.trial_id, config)
-        return list(trials.values())
+        variants = self.variants or {"": {}}
+        out: list[tuple[str, TrialConfig]] = []
+        for name, variant in variants.items():
+            for combo in itertools.product(*(self.axes[a] for a in axis_names)):
+                for zvalues in zipped:
+                    for seed in self.seeds:
+                        values = {
+                            **self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), **variant,
+                            **self.overrides, "seed": seed,
+                        }
+                        where = f"study {self.key!r}" + (f", variant {name!r}" if name else "")
+                        out.append((name, _with_context(values, where)))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -337,6 +360,7 @@ class StudySpec:
             "base": dict(self.base),
             "axes": {k: list(v) for k, v in self.axes.items()},
             "zip": {k: list(v) for k, v in self.zip.items()},
+            "variants": {k: dict(v) for k, v in self.variants.items()},
             "seeds": list(self.seeds),
             "report": dict(self.report),
             "overrides": dict(self.overrides),
@@ -394,22 +418,25 @@ def load_spec(
     base = {**(doc.get("base") or {}), **(prof.get("base") or {})}
     axes = {**(doc.get("axes") or {}), **(prof.get("axes") or {})}
     zipped = prof.get("zip", doc.get("zip")) or {}
+    variants = prof.get("variants", doc.get("variants")) or {}
     report = {**(doc.get("report") or {}), **(prof.get("report") or {})}
     _check_keys(base, CONFIG_FIELDS, "base config")
     _check_keys(axes, CONFIG_FIELDS, "axis")
     _check_keys(zipped, CONFIG_FIELDS, "zip")
     _check_keys(report, REPORT_KEYS, "report")
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError("variants must map a name to config values, e.g. variants: {gn+ws: {norm: gn, conv: ws}}.")
+    for name, values in variants.items():
+        _check_keys(values, CONFIG_FIELDS, f"variant {name!r}")
     axes = {k: _as_list(k, v) for k, v in axes.items()}
     zipped = {k: _as_list(k, v) for k, v in zipped.items()}
     if len({len(v) for v in zipped.values()}) > 1:
         raise ConfigError(f"All zip lists must have the same length; got {({k: len(v) for k, v in zipped.items()})}.")
     overrides = dict(overrides or {})
-    for key, value in overrides.items():
+    for key, value in overrides.items():  # an override fixes an axis to its one value
         axes.pop(key, None)
         zipped.pop(key, None)
         base[key] = value
-    if zipped and len({len(v) for v in zipped.values()}) != 1:
-        raise ConfigError("zip lists must have the same length.")
     seeds = _seeds(prof if ("repeats" in prof or "seeds" in prof) else doc)
     if "seed" in overrides:
         seeds = (int(overrides["seed"]),)
@@ -419,6 +446,7 @@ def load_spec(
         base=base,
         axes=axes,
         zip=zipped,
+        variants={str(k): dict(v) for k, v in variants.items()},
         seeds=seeds,
         report=report,
         profile=profile,

@@ -32,10 +32,12 @@ from bench.data import DATASETS, DatasetSource, Splits, load_dataset
 from bench.errors import ConfigError
 from bench.provenance import environment
 from bench.spec import TrialConfig
+from bench.zoo import mimic
+from bench.zoo.agc import clip_gradients
 from bench.zoo.archs import ARCHS
 from bench.zoo.augment import AUGMENTS
-from bench.zoo.convs import ConvFactory
-from bench.zoo.norms import NormFactory, RenormSchedule
+from bench.zoo.convs import ConvFactory, weight_norm_data_init
+from bench.zoo.norms import NormFactory, RenormSchedule, is_norm_module
 from bench.zoo.optimizers import OPTIMIZERS
 from bench.zoo.schedules import SCHEDULES
 
@@ -80,16 +82,41 @@ def norm_factory(config: TrialConfig) -> NormFactory:
 
 
 def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
-    """The architecture with the config's norm; options left unset take the builder's defaults."""
-    options = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
-    return ARCHS.get(config.arch)(
-        in_channels=source.in_channels,
-        num_classes=source.num_classes,
-        image_size=source.image_size,
-        norm=norm_factory(config),
-        conv=ConvFactory(config.conv),
-        **options,
+    """The architecture with the config's norm and conv; options left unset take the
+    builder's defaults. Model-level techniques are applied here: MimicNorm (centred convs
+    and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
+    options: dict[str, Any] = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
+    if config.arch == "nf-resnet":
+        options["nf_alpha"] = config.nf_alpha
+    norm, conv = norm_factory(config), ConvFactory(config.conv)
+    if config.norm == "mimic":
+        if config.conv != "standard":
+            raise ConfigError(
+                f"MimicNorm brings its own conv (weight-centred, '{mimic.CONV}'); conv={config.conv!r} cannot be "
+                "combined with it. Leave conv unset with norm=mimic."
+            )
+        conv = ConvFactory(mimic.CONV)
+    model = ARCHS.get(config.arch)(
+        in_channels=source.in_channels, num_classes=source.num_classes, image_size=source.image_size, norm=norm, conv=conv, **options
     )
+    if config.norm == "mimic":
+        model = mimic.wrap(model, source.num_classes, norm)
+    if config.train_only_norm:
+        freeze_all_but_norms(model)
+    return model
+
+
+def freeze_all_but_norms(model: nn.Module) -> None:
+    """Train only BatchNorm (Frankle et al. 2020, arXiv:2003.00152): every weight stays at
+    its random initialization except the norm layers' affine γ and β."""
+    norm_params = {id(p) for m in model.modules() if is_norm_module(m) for p in m.parameters()}
+    if not norm_params:
+        raise ConfigError(
+            "train_only_norm=true trains only the norm layers' γ and β, but this model has none (norm=none, "
+            "norm_affine=false, or a normalizer-free architecture). Choose a norm with an affine transform, e.g. bn."
+        )
+    for p in model.parameters():
+        p.requires_grad_(id(p) in norm_params)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -210,6 +237,10 @@ def _train(
     scheduler = build_schedule(config, optimizer, steps)
     augment = AUGMENTS.get(config.augment)(data.image_size)
     gen = torch.Generator(device=device).manual_seed(config.seed)
+    if config.wn_init:
+        # the paper initializes on one minibatch; a larger one (up to 512) gives steadier statistics
+        init_idx = torch.randperm(len(data.train_x), generator=gen, device=device)[: max(config.batch_size, 512)]
+        weight_norm_data_init(model, data.train_x[init_idx])
     params = [p for p in model.parameters() if p.requires_grad]
     summary = result.summary
     summary.update(effective_lr=config.effective_lr, steps_per_epoch=steps, device=str(device))
@@ -238,6 +269,8 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])))
+            if config.agc_clip > 0:
+                clip_gradients(model, config.agc_clip)
             value = loss.item()
             if first_loss is None:
                 first_loss = value

@@ -50,12 +50,12 @@ def store_path(tmp_path: Path) -> Path:
 def test_zoo_lists_every_registry():
     result = invoke("zoo")
     assert result.exit_code == 0, result.output
-    for kind in ("norms", "optimizers", "schedules", "archs", "augments", "datasets"):
+    for kind in ("norms", "convs", "optimizers", "schedules", "archs", "augments", "datasets"):
         assert kind in result.output
     result = invoke("zoo", "norms")
     assert "GroupNorm" in result.output and "Wu & He 2018" in result.output
     result = invoke("zoo", "widgets")
-    assert result.exit_code == 1 and "Valid zoo kind names: archs, augments, datasets, norms, optimizers, schedules" in result.output
+    assert result.exit_code == 1 and "Valid zoo kind names: archs, augments, convs, datasets, norms, optimizers, schedules" in result.output
 
 
 def test_grid_list_shows_the_shipped_studies():
@@ -73,12 +73,12 @@ def test_dry_run_prints_trials_and_an_estimate_and_writes_nothing(spec, store_pa
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "norm=batchnorm"], "Unknown norm 'batchnorm'. Valid norm names: bn, gn, in, ln, none."),
+        (["--set", "norm=batchnorm"], "Unknown norm 'batchnorm'. Valid norm names: bcn, bn, "),
         (["--set", "batch_size=0"], "batch_size must be a positive integer; got batch_size=0"),
         (["--set", "norm=gn", "--set", "norm_groups=3"], "norm_groups=3 cannot split a layer of 8 channels"),
         (["--set", "lr=-0.1"], "lr must be a finite number ≥ 0"),
         (["--set", "optimizer=lion"], "Unknown optimizer 'lion'. Valid optimizer names: adam, adamw, sgd."),
-        (["--set", "arch=vgg"], "Unknown arch 'vgg'. Valid arch names: cnn, mlp, resnet."),
+        (["--set", "arch=vgg"], "Unknown arch 'vgg'. Valid arch names: cnn, mlp, nf-resnet, resnet."),
         (["--set", "dataset=imagenet"], "Unknown dataset 'imagenet'."),
         (["--set", "schedule=cyclic"], "Unknown schedule 'cyclic'."),
         (["--set", "batchsize=8"], "Unknown config key 'batchsize'."),

@@ -113,7 +113,7 @@ def test_instancenorm_refuses_vector_features():
 
 
 def test_unknown_norm_lists_valid_names():
-    with pytest.raises(ConfigError, match="Valid norm names: bn, gn, in, ln, none"):
+    with pytest.raises(ConfigError, match=r"Valid norm names: .*\bbn, .*\bgn, in, ln, .*\bnone\b"):
         NormFactory("batchnorm")
 
 
@@ -128,6 +128,8 @@ def test_every_norm_has_description_and_none_is_identity(x):
 def test_every_norm_builds_into_every_architecture_and_trains(arch, norm):
     if arch == "mlp" and norm == "in":
         pytest.skip("InstanceNorm needs spatial features (refused with a ConfigError, tested above)")
+    if arch == "nf-resnet" and norm != "none":
+        pytest.skip("a normalizer-free network refuses norm layers (tested in test_nfresnet.py)")
     torch.manual_seed(0)
     model = ARCHS.get(arch)(in_channels=1, num_classes=4, image_size=8, norm=NormFactory(norm, groups=4), width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

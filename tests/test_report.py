@@ -98,3 +98,17 @@ def test_scaling_plot_draws_one_line_per_group(frame):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bn", "gn"]  # ln has no completed run
     line = ax.get_lines()[0]
     assert list(line.get_xdata()) == [2, 8] and list(line.get_ydata()) == pytest.approx([82.0, 91.0])
+
+
+def test_reference_numbers_are_shown_beside_and_labelled(frame):
+    study = {
+        "name": "demo", "axes": {"norm": ["bn", "gn"], "batch_size": [2, 8]}, "seeds": [0],
+        "report": {"rows": "norm", "columns": "batch_size", "metric": "final_val_acc", "references": [
+            {"source": "Wu & He 2018, ImageNet top-1 error (%)", "values": {"bn": {8: 24.8, 2: 34.7}, "gn": {8: 24.0, 2: 24.1}}},
+            {"source": "At 32 images per GPU", "metric": "top-1 error (%)", "values": {"bn": 23.6, "ln": 25.3}},
+        ]},
+    }
+    text = build_report(study, frame, {}).text
+    assert "**Published, not measured here** — Wu & He 2018, ImageNet top-1 error (%):" in text
+    assert "| norm \\ batch_size | 8 | 2 |\n|---|---|---|\n| bn | 24.8 | 34.7 |\n| gn | 24.0 | 24.1 |" in text
+    assert "| norm | top-1 error (%) |\n|---|---|\n| bn | 23.6 |\n| ln | 25.3 |" in text

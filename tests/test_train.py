@@ -86,3 +86,77 @@ def test_preflight_rejects_what_cannot_build():
     with pytest.raises(ConfigError, match="conv features"):
         preflight(TrialConfig(**{**TINY, "arch": "mlp", "norm": "in"}))
     preflight(TrialConfig(**{**TINY, "arch": "resnet", "depth": 14}))
+
+
+def _model(**changes):
+    from bench.data import DATASETS
+    from bench.train import build_model
+
+    config = TrialConfig(**{**TINY, **changes})
+    return config, build_model(config, DATASETS.get(config.dataset))
+
+
+def test_mimicnorm_is_centred_convs_no_norm_layers_and_one_last_batchnorm():
+    from bench.zoo.norms import is_norm_module
+
+    _, model = _model(norm="mimic")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 1 and norms[0].num_features == 10
+    assert isinstance(model[-1], torch.nn.BatchNorm1d) and is_norm_module(model[-1])  # after the classifier
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m).__name__ != "Conv2d" for m in convs)  # the centred subclass, not a plain conv
+    with pytest.raises(ConfigError, match="MimicNorm brings its own conv"):
+        _model(norm="mimic", conv="ws")
+
+
+def test_train_only_norm_freezes_everything_but_gamma_and_beta():
+    _, model = _model(norm="bn", train_only_norm=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(isinstance(dict(model.named_modules())[n.rsplit(".", 1)[0]], torch.nn.BatchNorm2d) for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = run_trial(TrialConfig(**{**TINY, "train_only_norm": True}), device="cpu")
+    assert result.status == "completed"
+    with pytest.raises(ConfigError, match="has none"):
+        _model(norm="none", train_only_norm=True)
+    assert before  # the frozen weights are checked on a trained model below
+
+
+def test_frozen_weights_do_not_move_during_training(monkeypatch):
+    import bench.train as train_mod
+
+    built = {}
+    real = train_mod.build_model
+
+    def keep(config, source):
+        built["model"] = real(config, source)
+        built["init"] = {n: p.detach().clone() for n, p in built["model"].named_parameters()}
+        return built["model"]
+
+    monkeypatch.setattr(train_mod, "build_model", keep)
+    assert run_trial(TrialConfig(**{**TINY, "train_only_norm": True}), device="cpu").status == "completed"
+    for name, p in built["model"].named_parameters():
+        moved = not torch.equal(p.detach(), built["init"][name])
+        assert moved == p.requires_grad, name
+
+
+def test_agc_is_applied_when_asked(monkeypatch):
+    import bench.train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "clip_gradients", lambda model, clip: calls.append(clip))
+    run_trial(TrialConfig(**{**TINY, "epochs": 1, "agc_clip": 0.02}), device="cpu")
+    assert calls and set(calls) == {0.02} and len(calls) == 512 // 32
+    calls.clear()
+    run_trial(TrialConfig(**{**TINY, "epochs": 1}), device="cpu")
+    assert calls == []
+
+
+def test_weight_norm_data_init_runs_before_training(monkeypatch):
+    import bench.train as train_mod
+
+    seen = []
+    monkeypatch.setattr(train_mod, "weight_norm_data_init", lambda model, x: seen.append(x.shape))
+    run_trial(TrialConfig(**{**TINY, "epochs": 1, "norm": "none", "conv": "wn", "wn_init": True}), device="cpu")
+    assert seen == [(512, 1, 8, 8)]
+    with pytest.raises(ConfigError, match="needs conv=wn"):
+        TrialConfig(**{**TINY, "wn_init": True})

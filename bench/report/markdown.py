@@ -62,6 +62,7 @@ def build_report(study: Mapping[str, Any], frame: pd.DataFrame, provenance: Mapp
         "in their cell, not averaged in.",
         "",
     ]
+    out += _reference_lines(spec.get("references") or [], rows, columns)
     highlights = _highlights(agg, rows, columns, higher, scale, axes.get(columns))
     if highlights:
         out += ["**Per column:**", "", *highlights, ""]
@@ -86,6 +87,32 @@ def build_report(study: Mapping[str, Any], frame: pd.DataFrame, provenance: Mapp
     out += ["## Runs", "", *_outcome_lines(frame), ""]
     out += ["---", "", "### Provenance", "", *_provenance_lines(provenance, study)]
     return Report("\n".join(out) + "\n", figures)
+
+
+def _reference_lines(references: list[Mapping[str, Any]], rows: str, columns: str) -> list[str]:
+    """Published numbers a spec carries, set beside the measured table and labelled as
+    such: ``{source, values: {row: {column: value}} or {row: value}, note}``."""
+    out: list[str] = []
+    for ref in references:
+        values = ref.get("values") or {}
+        out += [f"**Published, not measured here** — {ref.get('source', 'reference')}:", ""]
+        cols: list[Any] = []
+        for v in values.values():
+            for c in v if isinstance(v, Mapping) else []:
+                if c not in cols:
+                    cols.append(c)
+        if cols:
+            out += [f"| {rows} \\ {ref.get('columns', columns)} | " + " | ".join(str(c) for c in cols) + " |",
+                    "|" + "---|" * (len(cols) + 1)]
+            for r, v in values.items():
+                out.append(f"| {r} | " + " | ".join(str(v.get(c, "—")) for c in cols) + " |")
+        else:
+            out += [f"| {rows} | {ref.get('metric', 'value')} |", "|---|---|"]
+            out += [f"| {r} | {v} |" for r, v in values.items()]
+        if ref.get("note"):
+            out += ["", str(ref["note"]).strip()]
+        out.append("")
+    return out
 
 
 def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:

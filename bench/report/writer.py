@@ -43,6 +43,8 @@ def write_report(
     # Trials never started still count: they show as "not run" in their cell.
     runs += [{"_id": t.trial_id, "status": "pending", "config": t.to_dict()} for t in spec.expand() if t.trial_id not in found]
     frame = runs_frame(runs)
+    if spec.variants:
+        frame["variant"] = frame["run_id"].map(spec.variant_of())
     envs = [r.get("env") or {} for r in runs]
     stored = store.get_study(spec.key) or {}
     versions = _summarize(

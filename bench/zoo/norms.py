@@ -180,3 +180,7 @@ class NormFactory:
 
 def is_norm_module(module: nn.Module) -> bool:
     return bool(getattr(module, "is_bench_norm", False))
+
+# Entries defined in their own modules register themselves on import.
+from bench.zoo import mimic  # noqa: E402,F401
+from bench.zoo import batch_norms  # noqa: E402,F401  (registers the batch-statistics variants)

@@ -24,4 +24,4 @@ ArchBuilder = Callable[..., nn.Module]
 ARCHS: Registry[ArchBuilder] = Registry("arch")
 
 # Importing the modules registers their entries.
-from bench.zoo.archs import cnn, mlp, resnet  # noqa: E402,F401
+from bench.zoo.archs import cnn, mlp, nfresnet, resnet  # noqa: E402,F401
