@@ -145,3 +145,21 @@ def test_every_norm_builds_into_every_architecture_and_trains(arch, norm):
     assert losses[-1] < losses[0]
     model.eval()
     assert model(x[:1]).shape == (1, 4)
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln", "in", "gn"])
+def test_without_affine_there_are_no_parameters_and_the_output_is_the_plain_normalization(x, norm):
+    layer = NormFactory(norm, affine=False, groups=2)(8).double()
+    assert list(layer.parameters()) == []
+    dims = {"bn": (0, 2, 3), "ln": (1, 2, 3), "in": (2, 3)}
+    if norm in dims:
+        torch.testing.assert_close(layer(x), manual_norm(x, dims[norm]))
+
+
+def test_groupnorm_by_channels_per_group(x):
+    by_size = NormFactory("gn", group_size=2)(8).double()
+    by_count = NormFactory("gn", groups=4)(8).double()
+    assert by_size.num_groups == 4
+    torch.testing.assert_close(by_size(x), by_count(x))
+    with pytest.raises(ConfigError, match="norm_group_size=3"):
+        NormFactory("gn", group_size=3)(8)
