@@ -44,6 +44,8 @@ def build_report(study: Mapping[str, Any], frame: pd.DataFrame, provenance: Mapp
     label, scale, higher = metric_info(metric, spec)
     axes = study.get("axes") or {}
     agg = aggregate(frame, rows, columns, metric)
+    if study.get("variants"):  # variants are listed in the order the spec gives them
+        axes = {**axes, "variant": list(study["variants"])}
     figures: dict[str, Figure] = {}
 
     out = [f"# {spec.get('title') or key}", ""]
