@@ -112,3 +112,10 @@ def test_reference_numbers_are_shown_beside_and_labelled(frame):
     assert "**Published, not measured here** — Wu & He 2018, ImageNet top-1 error (%):" in text
     assert "| norm \\ batch_size | 8 | 2 |\n|---|---|---|\n| bn | 24.8 | 34.7 |\n| gn | 24.0 | 24.1 |" in text
     assert "| norm | top-1 error (%) |\n|---|---|\n| bn | 23.6 |\n| ln | 25.3 |" in text
+
+
+def test_values_outside_the_axis_order_are_appended(frame):
+    agg = aggregate(frame, "norm", "batch_size", "final_val_acc")
+    text = pivot_markdown(agg, "norm", "batch_size", row_order=["gn"], column_order=[8])
+    assert text.splitlines()[0] == "| norm \\ batch_size | 8 | 2 |"
+    assert [line.split(" |")[0] for line in text.splitlines()[2:]] == ["| gn", "| bn", "| ln"]

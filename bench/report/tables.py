@@ -81,8 +81,8 @@ def pivot_markdown(
     """A markdown pivot table (rows × columns) of formatted cells, best of each column in bold."""
     if agg.empty:
         return "_No runs yet._"
-    row_values = list(row_order) if row_order else sorted(agg[rows].unique(), key=_sort_key)
-    col_values = list(column_order) if column_order else sorted(agg[columns].unique(), key=_sort_key)
+    row_values = _ordered(agg[rows].unique(), row_order)
+    col_values = _ordered(agg[columns].unique(), column_order)
     best = best_rows(agg, rows, columns, higher_is_better)
     index = {(r, c): cell for _, cell in agg.iterrows() for r, c in [(cell[rows], cell[columns])]}
     header = f"| {rows} \\ {columns} | " + " | ".join(str(c) for c in col_values) + " |"
@@ -94,6 +94,13 @@ def pivot_markdown(
             cells.append("—" if cell is None else format_cell(cell, scale=scale, digits=digits, best=best.get(c) == r))
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ordered(present: Sequence[object], order: Sequence[object] | None) -> list[object]:
+    """The given order, then values present but not in it (a variant that pins an axis to
+    another value, e.g. a reference row at batch 32), sorted."""
+    first = list(order or [])
+    return first + sorted((v for v in present if v not in first), key=_sort_key)
 
 
 def _sort_key(value: object) -> tuple[int, object]:
