@@ -46,7 +46,9 @@ from bench.registry import Registry
 
 @dataclass(frozen=True)
 class ConvKind:
-    """conv(cin, cout, kernel_size, stride, padding, bias) and linear(fin, fout, bias)."""
+    """Constructors with torch's signatures: ``conv(cin, cout, kernel_size, stride=, padding=,
+    bias=)`` as ``nn.Conv2d`` and ``linear(fin, fout, bias=)`` as ``nn.Linear``; a layer class
+    with those signatures is its own constructor."""
 
     conv: Callable[..., nn.Module]
     linear: Callable[..., nn.Module]
@@ -56,16 +58,10 @@ CONVS: Registry[ConvKind] = Registry("conv")
 
 CONVS.register("standard", "Plain conv and linear layers (no reparametrization).")(
     ConvKind(
-        conv=lambda cin, cout, kernel_size, stride=1, padding=0, bias=True: nn.Conv2d(
-            cin, cout, kernel_size, stride=stride, padding=padding, bias=bias
-        ),
-        linear=lambda fin, fout, bias=True: nn.Linear(fin, fout, bias=bias),
+        conv=nn.Conv2d,
+        linear=nn.Linear,
     )
 )
-
-
-def _standard_linear(fin: int, fout: int, bias: bool = True) -> nn.Module:
-    return nn.Linear(fin, fout, bias=bias)
 
 
 def _per_unit(weight: Tensor) -> Tensor:
@@ -127,10 +123,8 @@ CONVS.register(
     paper="Qiao et al. 2019, arXiv:1903.10520",
 )(
     ConvKind(
-        conv=lambda cin, cout, kernel_size, stride=1, padding=0, bias=True: WSConv2d(
-            cin, cout, kernel_size, stride=stride, padding=padding, bias=bias
-        ),
-        linear=_standard_linear,
+        conv=WSConv2d,
+        linear=nn.Linear,
     )
 )
 
@@ -347,10 +341,8 @@ CONVS.register(
     paper="Fei et al. 2021, arXiv:2010.09278",
 )(
     ConvKind(
-        conv=lambda cin, cout, kernel_size, stride=1, padding=0, bias=True: CenteredConv2d(
-            cin, cout, kernel_size, stride=stride, padding=padding, bias=bias
-        ),
-        linear=_standard_linear,
+        conv=CenteredConv2d,
+        linear=nn.Linear,
     )
 )
 
@@ -392,10 +384,8 @@ CONVS.register(
     paper="Brock et al. 2021, arXiv:2101.08692",
 )(
     ConvKind(
-        conv=lambda cin, cout, kernel_size, stride=1, padding=0, bias=True: scaled_ws_conv(
-            cin, cout, kernel_size, stride=stride, padding=padding, bias=bias
-        ),
-        linear=_standard_linear,
+        conv=scaled_ws_conv,
+        linear=nn.Linear,
     )
 )
 
