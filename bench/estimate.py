@@ -70,10 +70,12 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     threads = max(1, int(options.cpus_per_trial))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # one timing per distinct model × batch size: the seed, lr and epochs do not change a step's cost
+    shape_of = {c.trial_id: c.replace(seed=0, lr=0.0, epochs=1).trial_id for c in trials}
     step_cost: dict[str, float] = {}
     try:
         for config in trials:
-            key = config.replace(seed=0, lr=0.0, epochs=1).trial_id
+            key = shape_of[config.trial_id]
             if key not in step_cost:
                 step_cost[key] = time_step(config, device)
     finally:
@@ -86,7 +88,7 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     total_steps, total_seconds = 0, 0.0
     for i, config in enumerate(trials, 1):
         steps = trial_steps(config)
-        seconds = steps * step_cost[config.replace(seed=0, lr=0.0, epochs=1).trial_id] * EVAL_OVERHEAD
+        seconds = steps * step_cost[shape_of[config.trial_id]] * EVAL_OVERHEAD
         total_steps += steps
         total_seconds += seconds
         values = [str(getattr(config, k)) for k in varying]
