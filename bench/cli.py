@@ -22,6 +22,7 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -465,11 +466,25 @@ def _registries() -> dict[str, Any]:
 
 @app.command()
 @guarded
-def zoo(kind: Annotated[str | None, typer.Argument(help="norms, convs, optimizers, schedules, archs, augments or datasets.")] = None) -> None:
+def zoo(
+    kind: Annotated[str | None, typer.Argument(help="norms, convs, optimizers, schedules, archs, augments or datasets.")] = None,
+    plot: Annotated[
+        list[str] | None, typer.Option("--plot", help="schedules only: draw these schedules (repeatable) to --out.", show_default=False)
+    ] = None,
+    out: Annotated[str | None, typer.Option("--out", help="PNG file for --plot (default: schedule-NAME.png).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="--plot: epochs to draw.")] = 30,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="--plot: optimizer steps per epoch.")] = 50,
+    sets: SetOption = None,
+) -> None:
     """What studies can compare: every registered technique, with its paper."""
     from bench.errors import UnknownNameError
 
     registries = _registries()
+    if plot:
+        if kind != "schedules":
+            raise BenchError(f"--plot draws learning-rate schedules: use `bench zoo schedules --plot NAME`; got kind {kind!r}.")
+        _plot_schedules(plot, out, epochs, steps_per_epoch, sets or [])
+        return
     if kind is None:
         for name, registry in registries.items():
             console.print(f"[bold]{name}[/] ({len(registry)}): {', '.join(registry.names())}")
@@ -481,6 +496,26 @@ def zoo(kind: Annotated[str | None, typer.Argument(help="norms, convs, optimizer
     for entry in registries[kind].entries():
         table.add_row(entry.name, entry.description, entry.paper)
     console.print(table)
+
+
+def _plot_schedules(names: list[str], out: str | None, epochs: int, steps_per_epoch: int, sets: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    from bench.spec import parse_assignments
+    from bench.zoo.schedule_plot import plot_schedules
+    from bench.zoo.schedules import SCHEDULES
+
+    for name in names:
+        SCHEDULES.check(name)
+    if epochs < 1 or steps_per_epoch < 1:
+        raise BenchError(f"--epochs and --steps-per-epoch must be ≥ 1; got {epochs} and {steps_per_epoch}.")
+    options = {"epochs": epochs, **parse_assignments(sets), "lr_scaling": "none"}
+    path = Path(out or f"schedule-{'-'.join(names)}.png")
+    figure = plot_schedules(names, options, steps_per_epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    console.print(f"Wrote {path} ({', '.join(names)}; {epochs} epochs × {steps_per_epoch} steps).")
 
 
 def main() -> None:

@@ -82,10 +82,28 @@ class TrialConfig:
     weight_decay: float = 5e-4
     beta1: float = 0.9
     beta2: float = 0.999
+    optimizer_eps: float | None = None  # ε of adaptive optimizers; None = each optimizer's own default
+    weight_decay_mode: str = "native"  # native | l2 | decoupled (bench.zoo.weight_decay)
+    wd_exclude_1d: bool = False  # biases and norm γ/β: no weight decay, no LARS/LAMB adaptation
+    lars_eta: float = 0.001  # LARS trust coefficient η
+    rmsprop_alpha: float = 0.99  # RMSprop: smoothing of the squared-gradient average
+    adadelta_rho: float = 0.9  # Adadelta: decay of both running averages
+    adax_beta2: float = 1e-4  # AdaX: growth rate of the long-term second moment
+    adabound_final_lr: float = 0.1  # AdaBound: the SGD learning rate the bounds converge to
+    adabound_gamma: float = 0.001  # AdaBound: convergence speed of the bounds
+    lawn: bool = False  # LAWN: after a free phase, hold the final layers' weight norms fixed
+    lawn_free_epochs: float = 1.0  # LAWN: epochs of unconstrained training
+    lawn_layers: int = 1  # LAWN: how many final weight layers are constrained
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     lr_milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of training
     lr_gamma: float = 0.1  # step schedule: decay factor per milestone
+    sgdr_t0: float = 1.0  # SGDR: epochs of the first cycle
+    sgdr_t_mult: float = 2.0  # SGDR: each cycle this many times longer than the last
+    poly_power: float = 2.0  # poly schedule: (1 − t/T)^power
+    onecycle_pct: float = 0.3  # one-cycle: fraction of training spent rising
+    onecycle_div: float = 25.0  # one-cycle: starts at peak / div
+    onecycle_final_div: float = 10000.0  # one-cycle: ends at peak / (div · final_div)
     # budget
     batch_size: int = 32
     epochs: int = 5
@@ -120,13 +138,16 @@ class TrialConfig:
             (AUGMENTS, self.augment),
         ):
             registry.check(value)
+        from bench.zoo.weight_decay import check_mode
+
+        check_mode(self.weight_decay_mode)
         if self.lr_scaling not in LR_SCALING_RULES:
             raise UnknownNameError("lr_scaling rule", self.lr_scaling, LR_SCALING_RULES)
 
     def _check_values(self) -> None:
         positive = (
             "batch_size", "epochs", "lr_base_batch", "norm_groups", "norm_group_size", "norm_virtual_batch", "train_subset",
-            "val_subset", "width", "depth",
+            "val_subset", "width", "depth", "lawn_layers",
         )
         for name in positive:
             value = getattr(self, name)
@@ -134,13 +155,14 @@ class TrialConfig:
                 raise ConfigError(f"{name} must be a positive integer; got {name}={value}.")
         non_negative = (
             "lr", "weight_decay", "momentum", "warmup_epochs", "norm_eps", "agc_clip", "nf_alpha", "renorm_dmax",
-            "renorm_start", "renorm_rmax_at", "renorm_dmax_at",
+            "renorm_start", "renorm_rmax_at", "renorm_dmax_at", "lars_eta", "adabound_final_lr", "adabound_gamma",
+            "lawn_free_epochs", "adax_beta2",
         )
         for name in non_negative:
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ConfigError(f"{name} must be a finite number ≥ 0; got {name}={value}.")
-        for name in ("momentum", "beta1", "beta2", "norm_momentum"):
+        for name in ("momentum", "beta1", "beta2", "norm_momentum", "rmsprop_alpha", "adadelta_rho"):
             value = getattr(self, name)
             if not 0 <= value < 1 and not (name == "norm_momentum" and value == 1):
                 raise ConfigError(f"{name} must lie in [0, 1); got {name}={value}.")
@@ -161,6 +183,13 @@ class TrialConfig:
                     f"Ghost BatchNorm splits each batch into virtual batches of norm_virtual_batch={virtual} "
                     f"examples, which must divide batch_size={self.batch_size}."
                 )
+        if self.optimizer_eps is not None and not self.optimizer_eps > 0:
+            raise ConfigError(f"optimizer_eps must be > 0 (or null for the optimizer's default); got {self.optimizer_eps}.")
+        if self.lawn and self.lawn_free_epochs >= self.epochs:
+            raise ConfigError(
+                f"LAWN trains freely for lawn_free_epochs={self.lawn_free_epochs} and then constrains; with "
+                f"epochs={self.epochs} the constrained phase never starts. Set lawn_free_epochs below epochs."
+            )
         if self.wn_init and self.conv != "wn":
             raise ConfigError("wn_init=true is Weight Normalization's data-dependent initialization: it needs conv=wn.")
 
@@ -253,12 +282,36 @@ DEFAULTS: dict[str, Any] = {f.name: _jsonable(f.default) for f in fields(TrialCo
 
 # Options that act only for some trials (the stored config keeps them; the id ignores them).
 _GROUPED = ("gn", "bcn")
+_MOMENTUM = ("sgd", "lars")
+_SECOND_MOMENT = ("adam", "adamw", "nadam", "lamb", "adabound")
+_FIRST_MOMENT = (*_SECOND_MOMENT, "adax")
 OPTION_APPLIES: dict[str, Callable[[TrialConfig], bool]] = {
     "norm_groups": lambda c: c.norm in _GROUPED,
     "norm_group_size": lambda c: c.norm in _GROUPED,
     "norm_virtual_batch": lambda c: c.norm == "bn-ghost",
     **{f"renorm_{k}": (lambda c: c.norm == "brn") for k in ("rmax", "dmax", "start", "rmax_at", "dmax_at")},
     "nf_alpha": lambda c: c.arch == "nf-resnet",
+    # optimizer hyperparameters act only for the optimizers that read them
+    "momentum": lambda c: c.optimizer in _MOMENTUM,
+    "nesterov": lambda c: c.optimizer in _MOMENTUM,
+    "beta1": lambda c: c.optimizer in _FIRST_MOMENT,
+    "beta2": lambda c: c.optimizer in _SECOND_MOMENT,
+    "optimizer_eps": lambda c: c.optimizer != "sgd",
+    "lars_eta": lambda c: c.optimizer == "lars",
+    "rmsprop_alpha": lambda c: c.optimizer == "rmsprop",
+    "adadelta_rho": lambda c: c.optimizer == "adadelta",
+    "adax_beta2": lambda c: c.optimizer == "adax",
+    "adabound_final_lr": lambda c: c.optimizer == "adabound",
+    "adabound_gamma": lambda c: c.optimizer == "adabound",
+    "lawn_free_epochs": lambda c: c.lawn,
+    "lawn_layers": lambda c: c.lawn,
+    # schedule options act only for their schedule
+    "lr_milestones": lambda c: c.schedule == "step",
+    "lr_gamma": lambda c: c.schedule == "step",
+    "sgdr_t0": lambda c: c.schedule == "sgdr",
+    "sgdr_t_mult": lambda c: c.schedule == "sgdr",
+    "poly_power": lambda c: c.schedule == "poly",
+    **{k: (lambda c: c.schedule == "one-cycle") for k in ("onecycle_pct", "onecycle_div", "onecycle_final_div")},
 }
 
 

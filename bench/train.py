@@ -38,7 +38,8 @@ from bench.zoo.archs import ARCHS
 from bench.zoo.augment import AUGMENTS
 from bench.zoo.convs import ConvFactory, weight_norm_data_init
 from bench.zoo.norms import NormFactory, RenormSchedule, is_norm_module
-from bench.zoo.optimizers import OPTIMIZERS
+from bench.zoo.lawn import Lawn, final_layer_weights
+from bench.zoo.optimizers import make as make_optimizer
 from bench.zoo.schedules import SCHEDULES
 
 Report = Callable[[dict[str, Any]], None]
@@ -119,20 +120,31 @@ def freeze_all_but_norms(model: nn.Module) -> None:
         p.requires_grad_(id(p) in norm_params)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-
-
-def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(config.optimizer)(
-        param_groups(model, config.weight_decay),
+def build_optimizer(config: TrialConfig, model: nn.Module, steps: int = 1) -> torch.optim.Optimizer:
+    """The config's optimizer over the model's trainable parameters, with its weight-decay
+    form and, when asked, LAWN stacked on it (free phase measured in optimizer steps)."""
+    optimizer = make_optimizer(
+        config.optimizer,
+        model,
+        weight_decay=config.weight_decay,
+        weight_decay_mode=config.weight_decay_mode,
+        exclude_1d=config.wd_exclude_1d,
         lr=config.effective_lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
         beta1=config.beta1,
         beta2=config.beta2,
+        eps=config.optimizer_eps,
+        rmsprop_alpha=config.rmsprop_alpha,
+        adadelta_rho=config.adadelta_rho,
+        adax_beta2=config.adax_beta2,
+        lars_eta=config.lars_eta,
+        adabound_final_lr=config.adabound_final_lr,
+        adabound_gamma=config.adabound_gamma,
     )
+    if config.lawn:
+        Lawn(optimizer, final_layer_weights(model, config.lawn_layers), free_steps=round(config.lawn_free_epochs * steps))
+    return optimizer
 
 
 def steps_per_epoch(config: TrialConfig, train_size: int) -> int:
@@ -141,15 +153,25 @@ def steps_per_epoch(config: TrialConfig, train_size: int) -> int:
     return train_size // config.batch_size
 
 
-def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    total = steps * config.epochs
-    factor = SCHEDULES.get(config.schedule)(
-        total_steps=total,
+def schedule_factor(config: TrialConfig, steps: int) -> Callable[[int], float]:
+    """The config's schedule as a function of the optimizer step (``steps`` per epoch)."""
+    return SCHEDULES.get(config.schedule)(
+        total_steps=steps * config.epochs,
+        steps_per_epoch=steps,
         warmup_steps=round(config.warmup_epochs * steps),
         milestones=config.lr_milestones,
         gamma=config.lr_gamma,
+        sgdr_t0=config.sgdr_t0,
+        sgdr_t_mult=config.sgdr_t_mult,
+        poly_power=config.poly_power,
+        onecycle_pct=config.onecycle_pct,
+        onecycle_div=config.onecycle_div,
+        onecycle_final_div=config.onecycle_final_div,
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(config, steps))
 
 
 def preflight(config: TrialConfig) -> None:
@@ -164,10 +186,11 @@ def preflight(config: TrialConfig) -> None:
             f"batch_size={config.batch_size} is larger than the training set ({train_size} images of "
             f"{config.dataset}{' after train_subset' if config.train_subset else ''}); no full batch fits."
         )
+    steps = steps_per_epoch(config, train_size)
     with torch.device("meta"):
         model = build_model(config, source)
-        optimizer = build_optimizer(config, model)
-    build_schedule(config, optimizer, steps_per_epoch(config, train_size))
+        optimizer = build_optimizer(config, model, steps)
+    build_schedule(config, optimizer, steps)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -230,10 +253,10 @@ def _train(
         data = load_dataset(config.dataset, data_dir=data_dir, train_subset=config.train_subset, val_subset=config.val_subset)
     data = data.to(device)
     model = build_model(config, DATASETS.get(config.dataset)).to(device)
-    optimizer = build_optimizer(config, model)
     steps = steps_per_epoch(config, len(data.train_x))
     if steps < 1:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data.train_x)} training images.")
+    optimizer = build_optimizer(config, model, steps)
     scheduler = build_schedule(config, optimizer, steps)
     augment = AUGMENTS.get(config.augment)(data.image_size)
     gen = torch.Generator(device=device).manual_seed(config.seed)

@@ -53,6 +53,12 @@ def test_defaults_and_ids_are_pinned():
         "lr": 0.05, "lr_scaling": "linear", "lr_base_batch": 32, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
         "beta1": 0.9, "beta2": 0.999, "schedule": "cosine", "warmup_epochs": 0.0, "lr_milestones": [0.5, 0.75],
         "lr_gamma": 0.1, "batch_size": 32, "epochs": 5, "seed": 0, "diverge_factor": 10.0,
+    } | {
+        # optimizer and schedule options
+        "optimizer_eps": None, "weight_decay_mode": "native", "wd_exclude_1d": False, "lars_eta": 0.001,
+        "rmsprop_alpha": 0.99, "adadelta_rho": 0.9, "adax_beta2": 1e-4, "adabound_final_lr": 0.1,
+        "adabound_gamma": 0.001, "lawn": False, "lawn_free_epochs": 1.0, "lawn_layers": 1, "sgdr_t0": 1.0,
+        "sgdr_t_mult": 2.0, "poly_power": 2.0, "onecycle_pct": 0.3, "onecycle_div": 25.0, "onecycle_final_div": 10000.0,
     }
     assert TrialConfig().trial_id == "44136fa355b3678a"
     # options that do nothing for a trial do not change its id

@@ -4,12 +4,16 @@ A schedule is a pure function of the optimizer step: ``factor(step) -> float``, 
 multiple of the (already batch-scaled) learning rate to use at that step. Training
 applies it through ``torch.optim.lr_scheduler.LambdaLR`` stepped once per optimizer
 step. Pure functions keep each schedule one formula, easy to test at its defining
-points and to plot. Every builder has one signature::
+points (and against torch's own schedulers where torch has the schedule) and to plot.
+Every builder is called with keywords::
 
-    build(*, total_steps, warmup_steps=0, milestones=(0.5, 0.75), gamma=0.1) -> factor
+    build(*, total_steps, steps_per_epoch=1, warmup_steps=0, milestones=(0.5, 0.75), gamma=0.1,
+          sgdr_t0=1.0, sgdr_t_mult=2.0, poly_power=2.0, onecycle_pct=0.3, onecycle_div=25.0,
+          onecycle_final_div=1e4) -> factor
 
-``warmup_steps`` applies a linear warm-up from ~0 to the peak to any schedule;
-``milestones`` are fractions of training for ``step``.
+and reads the ones it uses. ``warmup_steps`` applies a linear warm-up from ~0 to the peak
+to any schedule (one-cycle's warm-up is its own rising phase); ``milestones`` are
+fractions of training for ``step``; ``sgdr_t0`` is in epochs.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def warmup_cosine(*, total_steps: int, warmup_steps: int = 0, **_: object) -> Fa
 
 @SCHEDULES.register(
     "step",
-    "Step decay: multiply by gamma (0.1) at each milestone (fractions of training, default 0.5, 0.75).",
+    "Step (multistep) decay: multiply by lr_gamma (0.1) at each milestone (lr_milestones, fractions of "
+    "training, default 0.5, 0.75).",
     paper="He et al. 2016, arXiv:1512.03385",
 )
 def step(
@@ -88,3 +93,88 @@ def step(
 
     _with_warmup(lambda p: 1.0, total_steps, warmup_steps)  # validates the arguments
     return factor
+
+
+def sgdr_cycle(step: int, t0: int, t_mult: float) -> tuple[int, int]:
+    """(steps into the current cycle, length of the current cycle) at ``step``; cycle i
+    lasts round(t0 · t_mult^i) steps."""
+    start, length = 0, t0
+    while step >= start + length:
+        start += length
+        length = max(1, round(length * t_mult))
+    return step - start, length
+
+
+@SCHEDULES.register(
+    "sgdr",
+    "SGDR: cosine from the peak to 0 over sgdr_t0 epochs (default 1), then warm restarts, each cycle "
+    "sgdr_t_mult (2) times longer: η = ½η_max(1 + cos(π·T_cur/T_i)).",
+    paper="Loshchilov & Hutter 2017, arXiv:1608.03983",
+)
+def sgdr(
+    *, total_steps: int, steps_per_epoch: int = 1, warmup_steps: int = 0, sgdr_t0: float = 1.0, sgdr_t_mult: float = 2.0,
+    **_: object,
+) -> Factor:
+    if not sgdr_t0 > 0 or not sgdr_t_mult >= 1:
+        raise ConfigError(
+            f"SGDR needs sgdr_t0 > 0 (epochs of the first cycle) and sgdr_t_mult ≥ 1; got sgdr_t0={sgdr_t0}, "
+            f"sgdr_t_mult={sgdr_t_mult}."
+        )
+    t0 = max(1, round(sgdr_t0 * steps_per_epoch))
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        t_cur, t_i = sgdr_cycle(s - warmup_steps, t0, sgdr_t_mult)
+        return 0.5 * (1.0 + math.cos(math.pi * t_cur / t_i))
+
+    _with_warmup(lambda p: 1.0, total_steps, warmup_steps)
+    return factor
+
+
+@SCHEDULES.register(
+    "one-cycle",
+    "One-cycle: cosine rise from peak/onecycle_div (25) to the peak over onecycle_pct (30%) of training "
+    "(or over warmup_epochs when set), then cosine fall to peak/(onecycle_div·onecycle_final_div) (1e4). "
+    "The same curve as torch's OneCycleLR.",
+    paper="Smith & Topin 2019, arXiv:1708.07120",
+)
+def one_cycle(
+    *, total_steps: int, warmup_steps: int = 0, onecycle_pct: float = 0.3, onecycle_div: float = 25.0,
+    onecycle_final_div: float = 1e4, **_: object,
+) -> Factor:
+    if not 0 < onecycle_pct < 1 or onecycle_div < 1 or onecycle_final_div < 1:
+        raise ConfigError(
+            "one-cycle needs 0 < onecycle_pct < 1, onecycle_div ≥ 1 and onecycle_final_div ≥ 1; got "
+            f"onecycle_pct={onecycle_pct}, onecycle_div={onecycle_div}, onecycle_final_div={onecycle_final_div}."
+        )
+    _with_warmup(lambda p: 1.0, total_steps, warmup_steps)
+    start = 1.0 / onecycle_div
+    end = start / onecycle_final_div
+    peak_at = (warmup_steps if warmup_steps else onecycle_pct * total_steps) - 1
+    last = total_steps - 1
+    if peak_at <= 0 or last <= peak_at:
+        raise ConfigError(
+            f"one-cycle needs room to rise and to fall: {total_steps} steps with the peak at step {peak_at:.0f}."
+        )
+
+    def anneal(a: float, b: float, pct: float) -> float:
+        return b + (a - b) / 2.0 * (1.0 + math.cos(math.pi * pct))
+
+    def factor(s: int) -> float:
+        if s <= peak_at:
+            return anneal(start, 1.0, s / peak_at)
+        return anneal(1.0, end, min(1.0, (s - peak_at) / (last - peak_at)))
+
+    return factor
+
+
+@SCHEDULES.register(
+    "poly",
+    "Polynomial decay to 0: (1 − t/T)^poly_power (2), after optional warm-up; the schedule LARS was used with.",
+    paper="You, Gitman & Ginsburg 2017, arXiv:1708.03888",
+)
+def poly(*, total_steps: int, warmup_steps: int = 0, poly_power: float = 2.0, **_: object) -> Factor:
+    if not poly_power > 0:
+        raise ConfigError(f"poly_power must be > 0; got {poly_power}.")
+    return _with_warmup(lambda p: (1.0 - p) ** poly_power, total_steps, warmup_steps)

@@ -1,0 +1,41 @@
+"""Draws learning-rate schedules (``bench zoo schedules --plot NAME``): the learning rate
+each optimizer step would use, for the options a study would give."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from bench.spec import TrialConfig, from_mapping  # noqa: E402
+
+
+def schedule_curve(config: TrialConfig, steps_per_epoch: int) -> tuple[list[float], list[float]]:
+    """(epoch of each step, learning rate at that step) over the whole run."""
+    from bench.train import schedule_factor
+
+    factor = schedule_factor(config, steps_per_epoch)
+    total = steps_per_epoch * config.epochs
+    return [s / steps_per_epoch for s in range(total)], [config.effective_lr * factor(s) for s in range(total)]
+
+
+def plot_schedules(names: Sequence[str], options: Mapping[str, Any], steps_per_epoch: int) -> Figure:
+    """One line per schedule, with the same config values (``options``) for each."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name in names:
+        config = from_mapping({**options, "schedule": name})
+        x, y = schedule_curve(config, steps_per_epoch)
+        ax.plot(x, y, label=name, linewidth=1.5)
+    config = from_mapping({**options, "schedule": names[0]})
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{config.epochs} epochs × {steps_per_epoch} steps, peak lr {config.effective_lr:g}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

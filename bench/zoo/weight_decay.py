@@ -1,0 +1,82 @@
+"""Parameter groups and the form weight decay takes.
+
+Two choices every optimizer study must state:
+
+- **which parameters decay**: all of them, or all but the 1-D ones (biases and the norm
+  layers' γ, β), as in Goyal et al. 2017 and most large-batch recipes. The exempt group
+  also skips LARS/LAMB's layer-wise adaptation, as their reference implementations do.
+- **how decay is applied** (``weight_decay_mode``):
+  ``native`` — the optimizer's own form (L2 for SGD and Adam, decoupled for AdamW, inside
+  the trust ratio for LARS and LAMB; each registry entry says which);
+  ``l2`` — λw added to the gradient before the optimizer sees it;
+  ``decoupled`` — w ← w − lr_t·λ·w before the update, with lr_t the scheduled learning rate
+  (Loshchilov & Hutter 2019; Adam with it is AdamW, SGD with it is SGDW).
+  The two overrides are optimizer step pre-hooks, so they stack on any optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.errors import UnknownNameError
+
+WEIGHT_DECAY_MODES = ("native", "l2", "decoupled")
+DECAY_KEY = "bench_decay"  # the decay a pre-hook applies, kept in the group when the optimizer gets 0
+
+
+def param_groups(params: Iterable[Any] | nn.Module, weight_decay: float, *, exclude_1d: bool = False) -> list[dict[str, Any]]:
+    """Trainable parameters in groups: ``adapt`` marks where layer-wise adaptation applies."""
+    tensors = params.parameters() if isinstance(params, nn.Module) else params
+    items = list(tensors)
+    if items and isinstance(items[0], dict):
+        return [{"weight_decay": weight_decay, "adapt": True, **g} for g in items]
+    trainable = [p for p in items if p.requires_grad]
+    if not exclude_1d:
+        return [{"params": trainable, "weight_decay": weight_decay, "adapt": True}]
+    decay = [p for p in trainable if p.ndim > 1]
+    exempt = [p for p in trainable if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay, "adapt": True}]
+    if exempt:
+        groups.append({"params": exempt, "weight_decay": 0.0, "adapt": False})
+    return [g for g in groups if g["params"]]
+
+
+def check_mode(mode: str) -> None:
+    if mode not in WEIGHT_DECAY_MODES:
+        raise UnknownNameError("weight_decay_mode", mode, WEIGHT_DECAY_MODES)
+
+
+def take_decay(groups: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """For the ``l2``/``decoupled`` overrides, moves each group's decay out of the
+    optimizer's reach (the optimizer sees 0; :func:`attach` applies it)."""
+    check_mode(mode)
+    if mode == "native":
+        return groups
+    return [{**g, DECAY_KEY: g.get("weight_decay", 0.0), "weight_decay": 0.0} for g in groups]
+
+
+def attach(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """Registers the pre-step hook that applies an overriding decay form."""
+    check_mode(mode)
+    if mode == "native":
+        return
+
+    @torch.no_grad()
+    def apply(opt: torch.optim.Optimizer, *_: Any) -> None:
+        for group in opt.param_groups:
+            decay = group.get(DECAY_KEY, 0.0)
+            if not decay:
+                continue
+            grads = [p for p in group["params"] if p.grad is not None]
+            if mode == "l2":
+                for p in grads:
+                    p.grad.add_(p, alpha=decay)
+            else:
+                for p in grads:
+                    p.mul_(1 - group["lr"] * decay)
+
+    optimizer.register_step_pre_hook(apply)
