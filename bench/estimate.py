@@ -8,6 +8,7 @@ trials run side by side.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from bench.data import DATASETS
 from bench.schedule import validate
-from bench.spec import StudySpec, TrialConfig
+from bench.spec import StudySpec, TrialConfig, is_sweep
 from bench.train import build_model, build_optimizer, pick_device, steps_per_epoch
 
 if TYPE_CHECKING:
@@ -71,7 +72,10 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     # one timing per distinct model × batch size: the seed, lr and epochs do not change a step's cost
-    shape_of = {c.trial_id: c.replace(seed=0, lr=0.0, epochs=1).trial_id for c in trials}
+    timing_free = ("seed", "lr", "epochs", "warmup_epochs", "lawn_free_epochs")
+    shape_of = {
+        c.trial_id: json.dumps({k: v for k, v in c.to_dict().items() if k not in timing_free}, sort_keys=True) for c in trials
+    }
     step_cost: dict[str, float] = {}
     try:
         for config in trials:
@@ -81,7 +85,8 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     finally:
         torch.set_num_threads(previous)
 
-    varying = [*spec.axes, *spec.zip]
+    swept = [k for v in spec.variants.values() for k, val in v.items() if is_sweep(k, val)]
+    varying = list(dict.fromkeys([*spec.axes, *spec.zip, *swept]))
     variant_of = spec.variant_of()
     extra = ["variant"] if spec.variants else []
     table = Table("#", "trial id", *extra, *varying, "seed", "eff. lr", "steps", "est. s", box=None)
@@ -102,4 +107,11 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
         f"{threads} thread(s) per trial: ≈{total_seconds / 60:.1f} trial-minutes, ≈{wall / 60:.1f} min wall-clock "
         f"with {slots} trial(s) side by side. Nothing was run (dry run)."
     )
+    if spec.tune:
+        over = spec.tune["over"]
+        groups = {json.dumps({k: v for k, v in c.to_dict().items() if k not in (over, "seed")}, sort_keys=True) for c in trials}
+        console.print(
+            f"Then tuning: each of the {len(groups)} configurations re-run at its best {over} with seeds "
+            f"{spec.tune['seeds']} ({len(groups) * len(spec.tune['seeds'])} more trials, about as long each)."
+        )
     return {"trials": len(trials), "steps": total_steps, "trial_seconds": total_seconds, "wall_seconds": wall}

@@ -246,7 +246,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
             raise bad
         return int(value)
-    if kind == "float":
+    if kind.startswith("float"):
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
@@ -346,8 +346,9 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
 
 # -- studies ----------------------------------------------------------------------------
 
-SPEC_KEYS = ("name", "description", "base", "variants", "axes", "zip", "repeats", "seeds", "report", "profiles")
-PROFILE_KEYS = ("description", "base", "variants", "axes", "zip", "repeats", "seeds", "report")
+SPEC_KEYS = ("name", "description", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report", "profiles")
+PROFILE_KEYS = ("description", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report")
+TUNE_KEYS = ("over", "metric", "seeds", "higher_is_better")
 REPORT_KEYS = ("kind", "rows", "columns", "metric", "plot", "title", "higher_is_better", "references")
 
 
@@ -361,6 +362,7 @@ class StudySpec:
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     report: Mapping[str, Any] = field(default_factory=dict)
+    tune: Mapping[str, Any] = field(default_factory=dict)
     profile: str = "default"
     profiles: tuple[str, ...] = ()
     source: str = ""
@@ -380,6 +382,16 @@ class StudySpec:
         """Trial id → config, in expansion order; :meth:`variant_of` names each trial's variant."""
         return {config.trial_id: config for _, config in self._expand()}
 
+    def labelled_pairs(self) -> list[tuple[str, TrialConfig]]:
+        """(variant name, config) of each distinct trial, in expansion order."""
+        seen: set[str] = set()
+        out = []
+        for name, config in self._expand():
+            if config.trial_id not in seen:
+                seen.add(config.trial_id)
+                out.append((name, config))
+        return out
+
     def variant_of(self) -> dict[str, str]:
         """Trial id → the name of the variant it belongs to (empty without variants)."""
         labels: dict[str, str] = {}
@@ -394,15 +406,18 @@ class StudySpec:
         variants = self.variants or {"": {}}
         out: list[tuple[str, TrialConfig]] = []
         for name, variant in variants.items():
-            for combo in itertools.product(*(self.axes[a] for a in axis_names)):
-                for zvalues in zipped:
-                    for seed in self.seeds:
-                        values = {
-                            **self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), **variant,
-                            **self.overrides, "seed": seed,
-                        }
-                        where = f"study {self.key!r}" + (f", variant {name!r}" if name else "")
-                        out.append((name, _with_context(values, where)))
+            fixed = {k: v for k, v in variant.items() if not is_sweep(k, v)}
+            swept = {k: v for k, v in variant.items() if is_sweep(k, v)}
+            for sweep in itertools.product(*swept.values()):
+                for combo in itertools.product(*(self.axes[a] for a in axis_names)):
+                    for zvalues in zipped:
+                        for seed in self.seeds:
+                            values = {
+                                **self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), **fixed,
+                                **dict(zip(swept, sweep)), **self.overrides, "seed": seed,
+                            }
+                            where = f"study {self.key!r}" + (f", variant {name!r}" if name else "")
+                            out.append((name, _with_context(values, where)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,6 +431,7 @@ class StudySpec:
             "variants": {k: dict(v) for k, v in self.variants.items()},
             "seeds": list(self.seeds),
             "report": dict(self.report),
+            **({"tune": dict(self.tune)} if self.tune else {}),
             "overrides": dict(self.overrides),
             "source": self.source,
         }
@@ -424,6 +440,17 @@ class StudySpec:
     def spec_hash(self) -> str:
         doc = {k: v for k, v in self.to_dict().items() if k != "source"}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def is_sweep(key: str, value: Any) -> bool:
+    """A variant value that is a list of values (a list of lists for list-typed fields such
+    as lr_milestones) is swept for that variant only: ``{optimizer: sgd, lr: [0.01, 0.1]}``."""
+    if not isinstance(value, list):
+        return False
+    f = CONFIG_FIELDS.get(key)
+    if f is not None and str(f.type).startswith("tuple"):
+        return bool(value) and all(isinstance(v, list) for v in value)
+    return True
 
 
 def _with_context(values: Mapping[str, Any], where: str) -> TrialConfig:
@@ -481,6 +508,10 @@ def load_spec(
         raise ConfigError("variants must map a name to config values, e.g. variants: {gn+ws: {norm: gn, conv: ws}}.")
     for name, values in variants.items():
         _check_keys(values, CONFIG_FIELDS, f"variant {name!r}")
+        for key, value in values.items():
+            if is_sweep(key, value) and not value:
+                raise ConfigError(f"Variant {name!r} sweeps {key} over an empty list; give at least one value.")
+    tune = _tune(prof.get("tune", doc.get("tune")) or {}, variants, axes)
     axes = {k: _as_list(k, v) for k, v in axes.items()}
     zipped = {k: _as_list(k, v) for k, v in zipped.items()}
     if len({len(v) for v in zipped.values()}) > 1:
@@ -502,11 +533,40 @@ def load_spec(
         variants={str(k): dict(v) for k, v in variants.items()},
         seeds=seeds,
         report=report,
+        tune=tune,
         profile=profile,
         profiles=tuple(profiles),
         source=str(path),
         overrides=overrides,
     )
+
+
+def _tune(tune: Any, variants: Mapping[str, Any], axes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validates a ``tune`` block: for each configuration (everything but ``over`` and the
+    seed), the value of the swept field ``over`` with the best mean ``metric`` over the
+    first seeds is re-run with the extra ``seeds`` (the DeepOBS protocol)."""
+    if not tune:
+        return {}
+    if not isinstance(tune, dict):
+        raise ConfigError(f"tune must be a mapping with keys {', '.join(TUNE_KEYS)}; got {tune!r}.")
+    _check_keys(tune, TUNE_KEYS, "tune")
+    missing = [k for k in ("over", "seeds") if k not in tune]
+    if missing:
+        raise ConfigError(
+            f"tune needs {' and '.join(missing)}: e.g. tune: {{over: lr, metric: final_val_acc, seeds: [1, 2]}}."
+        )
+    over = tune["over"]
+    swept = {k for v in variants.values() for k, val in v.items() if is_sweep(k, val)} | set(axes)
+    if over not in swept:
+        raise ConfigError(
+            f"tune.over={over!r} must be a field the study sweeps (an axis, or a list in a variant); swept: "
+            f"{', '.join(sorted(swept)) or 'none'}."
+        )
+    seeds = tune["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise ConfigError(f"tune.seeds must be a non-empty list of integers; got {seeds!r}.")
+    return {"over": over, "metric": tune.get("metric", "final_val_acc"), "seeds": list(seeds),
+            "higher_is_better": bool(tune.get("higher_is_better", True))}
 
 
 def _seeds(doc: Mapping[str, Any]) -> tuple[int, ...]:
