@@ -149,6 +149,18 @@ const COLLECTIONS = {
       }
     ]
   },
+  "steps": {
+    "indexes": [
+      {
+        "name": "run_id_1_bucket_1",
+        "key": {
+          "run_id": 1,
+          "bucket": 1
+        },
+        "unique": true
+      }
+    ]
+  },
   "studies": {
     "indexes": []
   }

@@ -20,9 +20,13 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote
 
 from bench.errors import QueryError, StoreError
+from bench.store.size import IDENTITY_FIELDS, MAX_DOCUMENT_BYTES, fit
 
-SCHEMA_VERSION = 1
-"""Version of the document layout; the stores set it on every run they write."""
+SCHEMA_VERSION = 2
+"""Version of the document layout; the stores set it on every run they write.
+
+1: runs, metrics, studies. 2: step buckets; runs carry ``driver`` and ``attempt_id``
+(which grid runs the current attempt). Documents of version 1 read unchanged."""
 
 RUN_STATUSES: tuple[str, ...] = (
     "pending",
@@ -32,6 +36,14 @@ RUN_STATUSES: tuple[str, ...] = (
     "diverged",
     "interrupted",
 )
+
+#: Outcomes a grid never re-runs by itself (``bench store reset`` re-queues them).
+FINISHED_STATUSES: tuple[str, ...] = ("completed", "diverged")
+
+STALE_AFTER = 300.0
+"""Seconds without a heartbeat after which a ``running`` trial counts as abandoned."""
+
+_MAX_NAME = 512  # characters in a run id or study name
 
 DEFAULT_EMBEDDED_PATH = Path(".bench") / "results.sqlite"
 
@@ -106,6 +118,30 @@ class ResultStore(Protocol):
     def get_study(self, name: str) -> dict | None: ...
 
     def list_studies(self) -> list[dict]: ...
+
+    def claim_run(
+        self, run_id: str, fields: dict, *, driver: str, stale_before: str, skip_finished: bool = True
+    ) -> bool:
+        """Atomically start an attempt of ``run_id`` for ``driver``, unless another driver
+        holds it (see :func:`claim_filter`): sets ``fields``, adds 1 to ``attempts``."""
+        ...
+
+    def update_runs(self, filter: dict, fields: dict) -> int:
+        """``$set`` ``fields`` on every run matching ``filter`` (atomically per run, the
+        filter re-checked at write time); returns how many runs matched."""
+        ...
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """``{study: {status: runs}}``; runs in no study count under ``""``."""
+        ...
+
+    def upsert_steps(self, run_id: str, steps: list[dict]) -> None: ...
+
+    def find_steps(self, run_ids: list[str]) -> list[dict]: ...
+
+    def sync(self) -> int:
+        """Replays writes kept aside while the server was unreachable; returns how many."""
+        ...
 
     def info(self) -> dict: ...
 
@@ -301,10 +337,31 @@ def check_run_document(doc: Mapping[str, Any]) -> None:
             )
 
 
-def _check_name(kind: str, value: Any) -> str:
+def check_name(kind: str, value: Any) -> str:
+    """A run id or study name: a non-empty string of at most 512 characters."""
     if not isinstance(value, str) or not value:
         raise StoreError(f"A {kind} must be a non-empty string, got {value!r}.")
+    if len(value) > _MAX_NAME:
+        raise StoreError(
+            f"A {kind} must be at most {_MAX_NAME} characters, got one of {len(value):,} "
+            f"starting {value[:40]!r}."
+        )
     return value
+
+
+_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]+@")
+
+
+def redact_credentials(doc: Any) -> Any:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host`` in every string of a
+    sanitized document: a password in a traceback or a command line is never stored."""
+    if isinstance(doc, str):
+        return _CREDENTIALS.sub(r"\1***@", doc) if "://" in doc else doc
+    if isinstance(doc, dict):
+        return {key: redact_credentials(value) for key, value in doc.items()}
+    if isinstance(doc, list):
+        return [redact_credentials(value) for value in doc]
+    return doc
 
 
 def prepare_run_update(
@@ -315,12 +372,12 @@ def prepare_run_update(
     A ``study`` entry in ``fields`` replaces the list; if ``study`` is also given it is
     merged into that list here (MongoDB cannot ``$set`` and ``$addToSet`` one field).
     """
-    _check_name("run id", run_id)
+    check_name("run id", run_id)
     if study is not None:
-        _check_name("study name", study)
+        check_name("study name", study)
     if not isinstance(fields, Mapping):
         raise StoreError(f"Run fields must be a mapping of field name to value, got {fields!r}.")
-    clean = sanitize(dict(fields))
+    clean = redact_credentials(sanitize(dict(fields)))
     if "_id" in clean and clean.pop("_id") != run_id:
         raise StoreError(
             f"Run {run_id!r}: the fields carry a different '_id'; a run's id cannot change."
@@ -330,8 +387,28 @@ def prepare_run_update(
         if study not in clean["study"]:
             clean["study"].append(study)
         study = None
+    # Measured as the document this write alone would make (id and added study included).
+    whole = fit({"_id": run_id, **clean, **({"study": [study]} if study is not None else {})},
+                MAX_DOCUMENT_BYTES, (*IDENTITY_FIELDS, "study"))
+    clean = {k: v for k, v in whole.items() if k != "_id" and (k != "study" or "study" in clean)}
     check_run_document({"_id": run_id, **clean})
     return clean, study
+
+
+def prepare_runs_update(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the ``$set`` fields of an ``update_runs`` call (many runs at once)."""
+    if not isinstance(fields, Mapping):
+        raise StoreError(f"Run fields must be a mapping of field name to value, got {fields!r}.")
+    clean = redact_credentials(sanitize(dict(fields)))
+    for name in ("_id", "study"):
+        if name in clean:
+            raise StoreError(
+                f"update_runs cannot set {name!r} on many runs at once; use upsert_run for one run."
+            )
+    clean["schema_version"] = SCHEMA_VERSION
+    clean = fit(clean, MAX_DOCUMENT_BYTES, IDENTITY_FIELDS)
+    check_run_document({"_id": "(each matching run)", **clean})
+    return clean
 
 
 def apply_run_update(
@@ -352,6 +429,47 @@ def apply_run_update(
         elif study not in studies:
             result["study"] = [*studies, study]
     return result
+
+
+def stale_before(stale_after: float) -> str:
+    """The heartbeat time (ISO-8601 UTC, as stored) at or before which a running trial is
+    abandoned: ``stale_after`` seconds ago."""
+    moment = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=stale_after)
+    return moment.isoformat(timespec="seconds")
+
+
+def stale_filter(stale_before: str) -> dict[str, Any]:
+    """Runs left ``running`` by a driver that stopped beating: no heartbeat since
+    ``stale_before`` (an ISO-8601 UTC time, compared as text), or none at all."""
+    return {"status": "running", "$or": [{"heartbeat_at": {"$lte": stale_before}}, {"heartbeat_at": None}]}
+
+
+def claim_filter(driver: str, stale_before: str, skip_finished: bool) -> dict[str, Any]:
+    """The runs ``driver`` may start an attempt of: not ``running`` under another driver
+    whose heartbeat is newer than ``stale_before`` and, with ``skip_finished``, not
+    already completed or diverged."""
+    free: dict[str, Any] = {
+        "$or": [
+            {"status": {"$ne": "running"}},
+            {"driver": driver},
+            {"heartbeat_at": {"$lte": stale_before}},
+            {"heartbeat_at": None},
+        ]
+    }
+    if skip_finished:
+        return {"$and": [{"status": {"$nin": list(FINISHED_STATUSES)}}, free]}
+    return free
+
+
+def prepare_claim(run_id: str, fields: Mapping[str, Any], driver: str, attempt_id: str) -> dict[str, Any]:
+    """The ``$set`` fields of a claim: the caller's fields, ``status: running``, the driver
+    and a fresh attempt id (what makes a replayed claim count once)."""
+    check_name("driver", driver)
+    clean, _ = prepare_run_update(
+        run_id, {**fields, "status": "running", "driver": driver, "attempt_id": attempt_id}, None
+    )
+    clean.pop("attempts", None)  # the store adds one, atomically
+    return clean
 
 
 def metric_key(run_id: str, epoch: int) -> str:
@@ -379,26 +497,26 @@ def prepare_metrics(docs: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, d
                 f"Every metrics document needs an integer 'epoch'; got {epoch!r} for run "
                 f"{run_id!r}."
             )
-        rows[(run_id, epoch)] = doc
+        rows[(run_id, epoch)] = fit(doc, MAX_DOCUMENT_BYTES, IDENTITY_FIELDS)
     return [(run_id, epoch, doc) for (run_id, epoch), doc in rows.items()]
 
 
 def prepare_study(name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and sanitize the fields ``save_study`` sets (without ``_id``)."""
-    _check_name("study name", name)
+    check_name("study name", name)
     if not isinstance(doc, Mapping):
         raise StoreError(f"A study document must be a mapping, got {doc!r}.")
-    clean = sanitize(dict(doc))
+    clean = redact_credentials(sanitize(dict(doc)))
     if "_id" in clean and clean.pop("_id") != name:
         raise StoreError(f"Study {name!r}: the document carries a different '_id'.")
-    return clean
+    return fit(clean, MAX_DOCUMENT_BYTES, IDENTITY_FIELDS)
 
 
 def unique_ids(run_ids: Iterable[str]) -> list[str]:
     """Sorted distinct run ids (the order ``find_metrics`` returns)."""
     if isinstance(run_ids, str):
         raise StoreError("find_metrics takes a list of run ids, not a single string.")
-    return sorted({_check_name("run id", r) for r in run_ids})
+    return sorted({check_name("run id", r) for r in run_ids})
 
 
 def check_limit(limit: int) -> int:

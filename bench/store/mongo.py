@@ -6,20 +6,33 @@ backend they read. Connecting fails fast (``serverSelectionTimeoutMS``) with a
 message that names the server by its masked URI and says how to fix it. The
 collections, indexes and ``runs`` validator it creates are listed in
 :data:`COLLECTIONS`, the same specification ``store/mongo-init.js`` installs when the
-official ``mongo`` image initialises a fresh database.
+official ``mongo`` image initialises a fresh database; existing indexes are listed once
+per collection and only missing ones are created.
+
+A server that goes away in the middle of a grid does not stop it: a write that fails
+with a connection error (``AutoReconnect``, ``ServerSelectionTimeoutError``, any
+``ConnectionFailure``) is appended to a local :class:`~bench.store.journal.Journal`
+and the grid goes on; for ``retry_interval`` seconds further writes go straight to the
+journal (no wait on each), then the next write, the next read and ``bench store sync``
+replay it in order before anything else.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote
 
-from pymongo import MongoClient, ReplaceOne
+from pymongo import MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import (
     CollectionInvalid,
+    ConnectionFailure,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
@@ -31,16 +44,23 @@ from bench.store.base import (
     RUNS_JSON_SCHEMA,
     check_limit,
     chunked,
+    claim_filter,
     is_mongo_uri,
     mask_uri,
     metric_key,
+    prepare_claim,
     prepare_metrics,
     prepare_run_update,
+    prepare_runs_update,
     prepare_study,
     scrub,
     unique_ids,
 )
+from bench.store.journal import Journal, journal_path
 from bench.store.query import validate_filter, validate_sort
+from bench.store.steps import bucket_key, prepare_steps, unpack_bucket
+
+log = logging.getLogger(__name__)
 
 #: Collections, their indexes and the ``runs`` validator. ``store/mongo-init.js``
 #: carries the same specification (a test keeps the two identical); index names are
@@ -53,6 +73,11 @@ COLLECTIONS: dict[str, dict[str, Any]] = {
     },
     "metrics": {
         "indexes": [{"name": "run_id_1_epoch_1", "key": {"run_id": 1, "epoch": 1}, "unique": True}],
+    },
+    "steps": {
+        "indexes": [
+            {"name": "run_id_1_bucket_1", "key": {"run_id": 1, "bucket": 1}, "unique": True}
+        ],
     },
     "studies": {"indexes": []},
 }
@@ -84,6 +109,8 @@ class MongoStore:
         client: Any = None,
         database: str | None = None,
         timeout_ms: int = 3000,
+        journal: str | os.PathLike[str] | None = None,
+        retry_interval: float = 30.0,
     ):
         if client is None:
             uri = uri or os.environ.get("BENCH_MONGO_URI", "").strip() or None
@@ -111,6 +138,11 @@ class MongoStore:
             or "bench"
         )
         self.location = mask_uri(uri) if uri else _client_location(client, self.database)
+        self.journal = Journal(journal or journal_path(_server_identity(uri, self.location), self.database))
+        self.retry_interval = retry_interval
+        self._lock = threading.RLock()
+        self._offline_until = 0.0  # monotonic time before which writes go to the journal
+        self._journal_pending = self.journal.has_entries()
         self._closed = False
         self._bulk_write = True
         try:
@@ -136,41 +168,174 @@ class MongoStore:
                     # In-memory clients (mongomock) have no validators; the stores check
                     # the same rules client-side before every write.
                     self.db.create_collection(name)
+            present = set(self.db[name].index_information())
             for index in spec["indexes"]:
+                if index["name"] in present:
+                    continue
                 kwargs: dict[str, Any] = {"name": index["name"]}
                 if index.get("unique"):
                     kwargs["unique"] = True
                 self.db[name].create_index(list(index["key"].items()), **kwargs)
+
+    def _error(self, action: str, exc: PyMongoError) -> StoreError:
+        detail = scrub(str(exc), self._uri)
+        if isinstance(exc, OperationFailure) and exc.code == 121:
+            detail = f"the document failed the collection's validator ({detail})"
+        return StoreError(f"MongoDB at {self.location} failed to {action}: {detail}. {_FIX_HINT}")
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
         except PyMongoError as exc:
-            detail = scrub(str(exc), self._uri)
-            if isinstance(exc, OperationFailure) and exc.code == 121:
-                detail = f"the document failed the collection's validator ({detail})"
-            raise StoreError(
-                f"MongoDB at {self.location} failed to {action}: {detail}. {_FIX_HINT}"
-            ) from exc
+            raise self._error(action, exc) from exc
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[None]:
+        """A read sees this process's journaled writes: the journal is replayed first."""
+        with self._errors(action):
+            if self._journal_pending:
+                with self._lock:
+                    self._replay()
+            yield
 
     def _coll(self, name: str) -> Any:
         if self._closed:
             raise StoreError(f"The result store {self.location} is closed.")
         return self.db[name]
 
+    def _write(self, op: str, args: dict[str, Any], action: str, online: Callable[[], Any] | None = None) -> Any:
+        """Applies one write now, or journals it while the server is unreachable.
+
+        ``online`` performs the write when it differs from its journaled replay (a claim
+        checks its condition online); returns its result, or None when journaled.
+        """
+        with self._lock:
+            self._coll("runs")  # refuses a closed store before anything is journaled
+            if time.monotonic() < self._offline_until:
+                self.journal.append(op, args)
+                self._journal_pending = True
+                return None
+            try:
+                if self._journal_pending:
+                    self._replay()
+                return online() if online is not None else self._apply(op, args)
+            except ConnectionFailure as exc:
+                self._go_offline(exc)
+                self.journal.append(op, args)
+                self._journal_pending = True
+                return None
+            except PyMongoError as exc:
+                raise self._error(action, exc) from exc
+
+    def _go_offline(self, exc: ConnectionFailure) -> None:
+        if self._offline_until == 0.0:
+            log.warning(
+                "MongoDB at %s is unreachable (%s); training goes on and writes are kept in "
+                "%s, replayed when the server is back or by `bench store sync`.",
+                self.location,
+                scrub(str(exc), self._uri).split(", Timeout:", 1)[0][:200],
+                self.journal.path,
+            )
+        self._offline_until = time.monotonic() + self.retry_interval
+
+    def _replay(self) -> int:
+        applied = self.journal.replay(self._apply_journaled)
+        self._journal_pending = False
+        self._offline_until = 0.0
+        return applied
+
+    def _apply(self, op: str, args: dict[str, Any]) -> None:
+        _APPLY[op](self, args)
+
+    def _apply_journaled(self, op: str, args: dict[str, Any]) -> None:
+        """Performs one journaled write; every one is an idempotent upsert."""
+        if op not in _APPLY:
+            self.journal.reject(op, args, "unknown write")
+            return
+        try:
+            _APPLY[op](self, args)
+        except ConnectionFailure:
+            raise
+        except PyMongoError as exc:
+            # The server refuses this write (not an outage): keep it aside, go on.
+            self.journal.reject(op, args, scrub(str(exc), self._uri))
+
+    def sync(self) -> int:
+        """Replays the journal now; returns how many writes were applied."""
+        with self._lock:
+            self._coll("runs")
+            try:
+                return self._replay()
+            except ConnectionFailure as exc:
+                raise StoreError(
+                    f"MongoDB at {self.location} is still unreachable "
+                    f"({scrub(str(exc), self._uri).split(', Timeout:', 1)[0][:200]}); "
+                    f"{self.journal.pending()} writes stay in the journal {self.journal.path}. "
+                    f"{_FIX_HINT}"
+                ) from None
+
     # ------------------------------------------------------------------ runs
 
     def upsert_run(self, run_id: str, fields: dict, *, study: str | None = None) -> None:
         set_fields, add_study = prepare_run_update(run_id, fields, study)
-        update: dict[str, Any] = {"$set": set_fields}
-        if add_study is not None:
-            update["$addToSet"] = {"study": add_study}
-        with self._errors(f"save run {run_id!r}"):
-            self._coll("runs").update_one({"_id": run_id}, update, upsert=True)
+        self._write(
+            "upsert_run", {"run_id": run_id, "set": set_fields, "add_study": add_study}, f"save run {run_id!r}"
+        )
+
+    def _apply_upsert_run(self, args: dict[str, Any]) -> None:
+        update: dict[str, Any] = {"$set": args["set"]}
+        if args.get("add_study") is not None:
+            update["$addToSet"] = {"study": args["add_study"]}
+        self._coll("runs").update_one({"_id": args["run_id"]}, update, upsert=True)
+
+    def claim_run(
+        self, run_id: str, fields: dict, *, driver: str, stale_before: str, skip_finished: bool = True
+    ) -> bool:
+        set_fields = prepare_claim(run_id, fields, driver, uuid.uuid4().hex)
+        condition = validate_filter(claim_filter(driver, stale_before, skip_finished))
+
+        def online() -> bool:
+            try:
+                self._coll("runs").update_one(
+                    {"_id": run_id, **condition},
+                    {"$set": set_fields, "$inc": {"attempts": 1}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                return False  # the run exists and another driver holds it (or it is finished)
+            return True
+
+        # Offline the condition cannot be checked: the grid planned this trial, so it runs.
+        claimed = self._write("start_attempt", {"run_id": run_id, "set": set_fields}, f"start run {run_id!r}", online)
+        return True if claimed is None else bool(claimed)
+
+    def _apply_start_attempt(self, args: dict[str, Any]) -> None:
+        # A replay counts the attempt once: its attempt id is set with the increment.
+        try:
+            self._coll("runs").update_one(
+                {"_id": args["run_id"], "attempt_id": {"$ne": args["set"]["attempt_id"]}},
+                {"$set": args["set"], "$inc": {"attempts": 1}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            pass
+
+    def update_runs(self, filter: dict, fields: dict) -> int:
+        query = validate_filter(filter)
+        set_fields = prepare_runs_update(fields)
+
+        def online() -> int:
+            return int(self._coll("runs").update_many(query, {"$set": set_fields}).matched_count)
+
+        matched = self._write("update_runs", {"filter": query, "set": set_fields}, "update runs", online)
+        return 0 if matched is None else matched
+
+    def _apply_update_runs(self, args: dict[str, Any]) -> None:
+        self._coll("runs").update_many(args["filter"], {"$set": args["set"]})
 
     def get_run(self, run_id: str) -> dict | None:
-        with self._errors("read a run"):
+        with self._reading("read a run"):
             return self._coll("runs").find_one({"_id": run_id})
 
     def find_runs(
@@ -185,90 +350,148 @@ class MongoStore:
         if order and all(key != "_id" for key, _ in order):
             order.append(("_id", 1))  # the embedded store breaks ties the same way
         limit = check_limit(limit)
-        with self._errors("find runs"):
+        with self._reading("find runs"):
             cursor = self._coll("runs").find(query, sort=order or None, limit=limit)
             return list(cursor)
 
     def count_runs(self, filter: dict | None = None) -> int:
         query = validate_filter(filter)
-        with self._errors("count runs"):
+        with self._reading("count runs"):
             return int(self._coll("runs").count_documents(query))
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        with self._reading("count runs per study and status"):
+            groups = self._coll("runs").aggregate(
+                [
+                    {"$unwind": {"path": "$study", "preserveNullAndEmptyArrays": True}},
+                    {"$group": {"_id": {"study": "$study", "status": "$status"}, "n": {"$sum": 1}}},
+                ]
+            )
+            counts: dict[str, dict[str, int]] = {}
+            for group in groups:
+                key = group["_id"]
+                study = key.get("study") if isinstance(key.get("study"), str) else ""
+                status = key.get("status") if isinstance(key.get("status"), str) else ""
+                counts.setdefault(study, {})[status] = counts.get(study, {}).get(status, 0) + int(group["n"])
+        return {study: dict(sorted(counts[study].items())) for study in sorted(counts)}
 
     # ------------------------------------------------------------------ metrics
 
     def upsert_metrics(self, docs: list[dict]) -> None:
         rows = prepare_metrics(docs)
+        if rows:
+            self._write("upsert_metrics", {"rows": rows}, f"save {len(rows)} metric documents")
+
+    def _apply_upsert_metrics(self, args: dict[str, Any]) -> None:
         coll = self._coll("metrics")
-        with self._errors(f"save {len(rows)} metric documents"):
-            for chunk in chunked(rows, _WRITE_CHUNK):
-                replacements = [
-                    (key, {"_id": key, **doc})
-                    for key, doc in ((metric_key(r, e), d) for r, e, d in chunk)
-                ]
-                if self._bulk_write:
-                    try:
-                        coll.bulk_write(
-                            [ReplaceOne({"_id": k}, d, upsert=True) for k, d in replacements],
-                            ordered=False,
-                        )
-                        continue
-                    except TypeError:
-                        # mongomock's bulk_write cannot build current pymongo's write
-                        # models; replace one by one (same result, replays stay idempotent).
-                        self._bulk_write = False
-                for key, doc in replacements:
-                    coll.replace_one({"_id": key}, doc, upsert=True)
+        for chunk in chunked(args["rows"], _WRITE_CHUNK):
+            replacements = [(key, {"_id": key, **doc}) for key, doc in ((metric_key(r, e), d) for r, e, d in chunk)]
+            if self._bulk_write:
+                try:
+                    coll.bulk_write(
+                        [ReplaceOne({"_id": k}, d, upsert=True) for k, d in replacements],
+                        ordered=False,
+                    )
+                    continue
+                except TypeError:
+                    # mongomock's bulk_write cannot build current pymongo's write
+                    # models; replace one by one (same result, replays stay idempotent).
+                    self._bulk_write = False
+            for key, doc in replacements:
+                coll.replace_one({"_id": key}, doc, upsert=True)
 
     def get_metrics(self, run_id: str) -> list[dict]:
-        with self._errors("read metrics"):
-            return list(
-                self._coll("metrics").find({"run_id": run_id}, {"_id": 0}, sort=[("epoch", 1)])
-            )
+        with self._reading("read metrics"):
+            return list(self._coll("metrics").find({"run_id": run_id}, {"_id": 0}, sort=[("epoch", 1)]))
 
     def find_metrics(self, run_ids: list[str]) -> list[dict]:
         result: list[dict] = []
-        coll = self._coll("metrics")
-        with self._errors("read metrics"):
-            for chunk in chunked(unique_ids(run_ids), _IN_CHUNK):
+        ids = unique_ids(run_ids)
+        with self._reading("read metrics"):
+            coll = self._coll("metrics")
+            for chunk in chunked(ids, _IN_CHUNK):
                 result.extend(
-                    coll.find(
-                        {"run_id": {"$in": chunk}},
-                        {"_id": 0},
-                        sort=[("run_id", 1), ("epoch", 1)],
-                    )
+                    coll.find({"run_id": {"$in": chunk}}, {"_id": 0}, sort=[("run_id", 1), ("epoch", 1)])
                 )
+        return result
+
+    # ------------------------------------------------------------------ steps
+
+    def upsert_steps(self, run_id: str, steps: list[dict]) -> None:
+        buckets = prepare_steps(run_id, steps)
+        if buckets:
+            args = {"run_id": run_id, "buckets": {str(b): entries for b, entries in buckets.items()}}
+            self._write("upsert_steps", args, f"save steps of run {run_id!r}")
+
+    def _apply_upsert_steps(self, args: dict[str, Any]) -> None:
+        run_id = args["run_id"]
+        updates = [
+            (
+                {"_id": bucket_key(run_id, int(bucket))},
+                {
+                    "$set": {
+                        "run_id": run_id,
+                        "bucket": int(bucket),
+                        **{f"steps.{step}": fields for step, fields in entries.items()},
+                    }
+                },
+            )
+            for bucket, entries in args["buckets"].items()
+        ]
+        coll = self._coll("steps")
+        if self._bulk_write:
+            try:
+                coll.bulk_write([UpdateOne(f, u, upsert=True) for f, u in updates], ordered=False)
+                return
+            except TypeError:
+                self._bulk_write = False  # mongomock, as for metrics
+        for where, update in updates:
+            coll.update_one(where, update, upsert=True)
+
+    def find_steps(self, run_ids: list[str]) -> list[dict]:
+        result: list[dict] = []
+        ids = unique_ids(run_ids)
+        with self._reading("read steps"):
+            coll = self._coll("steps")
+            for chunk in chunked(ids, _IN_CHUNK):
+                for doc in coll.find({"run_id": {"$in": chunk}}, {"_id": 0}, sort=[("run_id", 1), ("bucket", 1)]):
+                    result.extend(unpack_bucket(doc))
         return result
 
     # ------------------------------------------------------------------ studies
 
     def save_study(self, name: str, doc: dict) -> None:
         fields = prepare_study(name, doc)
+        self._write("save_study", {"name": name, "fields": fields}, f"save study {name!r}")
+
+    def _apply_save_study(self, args: dict[str, Any]) -> None:
+        name, fields = args["name"], args["fields"]
         coll = self._coll("studies")
-        with self._errors(f"save study {name!r}"):
-            if fields:
-                coll.update_one({"_id": name}, {"$set": fields}, upsert=True)
-            elif coll.find_one({"_id": name}, {"_id": 1}) is None:
-                try:
-                    coll.insert_one({"_id": name})
-                except DuplicateKeyError:
-                    pass  # saved meanwhile by another process
+        if fields:
+            coll.update_one({"_id": name}, {"$set": fields}, upsert=True)
+        elif coll.find_one({"_id": name}, {"_id": 1}) is None:
+            try:
+                coll.insert_one({"_id": name})
+            except DuplicateKeyError:
+                pass  # saved meanwhile by another process
 
     def get_study(self, name: str) -> dict | None:
-        with self._errors("read a study"):
+        with self._reading("read a study"):
             return self._coll("studies").find_one({"_id": name})
 
     def list_studies(self) -> list[dict]:
-        with self._errors("list studies"):
+        with self._reading("list studies"):
             return list(self._coll("studies").find({}, sort=[("_id", 1)]))
 
     # ------------------------------------------------------------------ housekeeping
 
     def info(self) -> dict:
-        with self._errors("describe the store"):
+        with self._reading("describe the store"):
             counts = {
                 name: int(self._coll(name).count_documents({}))
                 for name in ("runs", "metrics", "studies")
             }
+            counts["step_buckets"] = int(self._coll("steps").count_documents({}))
             groups = self._coll("runs").aggregate(
                 [
                     {"$match": {"status": {"$type": "string"}}},
@@ -283,6 +506,8 @@ class MongoStore:
             "database": self.database,
             **counts,
             "status_counts": statuses,
+            "journal": str(self.journal.path),
+            "journal_pending": self.journal.pending(),
         }
 
     def close(self) -> None:
@@ -298,6 +523,17 @@ class MongoStore:
 
     def __repr__(self) -> str:
         return f"MongoStore({self.location!r}, database={self.database!r})"
+
+
+#: How each journaled write is applied (online and on replay).
+_APPLY: dict[str, Callable[[MongoStore, dict[str, Any]], None]] = {
+    "upsert_run": MongoStore._apply_upsert_run,
+    "start_attempt": MongoStore._apply_start_attempt,
+    "update_runs": MongoStore._apply_update_runs,
+    "upsert_metrics": MongoStore._apply_upsert_metrics,
+    "upsert_steps": MongoStore._apply_upsert_steps,
+    "save_study": MongoStore._apply_save_study,
+}
 
 
 def _connect(uri: str, timeout_ms: int) -> Any:
@@ -325,6 +561,16 @@ def _connect(uri: str, timeout_ms: int) -> Any:
     if client is not None:
         client.close()
     raise StoreError(message) from None  # the cause may quote the URI
+
+
+def _server_identity(uri: str | None, location: str) -> str:
+    """The hosts a URI names (no user, password or options): what a journal is kept per."""
+    if not uri:
+        return location
+    scheme, _, rest = uri.partition("://")
+    rest = rest.split("?", 1)[0]
+    hosts = rest[rest.rfind("@") + 1 :].partition("/")[0]
+    return f"{scheme}://{hosts}"
 
 
 def _client_location(client: Any, database: str) -> str:

@@ -285,17 +285,21 @@ def json_path(path: str | tuple[str, ...]) -> str:
     return "$." + ".".join(segments)
 
 
-def compile_filter(filter: Mapping[str, Any] | None, column: str = "doc") -> tuple[str, list]:
+def compile_filter(
+    filter: Mapping[str, Any] | None, column: str = "doc", id_column: str | None = "id"
+) -> tuple[str, list]:
     """Translate ``filter`` into a SQLite ``WHERE`` expression over the JSON ``column``.
 
     Returns ``(sql, params)``: every value is a ``?`` parameter; only validated path
-    names are part of the SQL text.
+    names are part of the SQL text. ``id_column`` names the text primary-key column that
+    mirrors ``_id``: equality and ``$in`` on ``_id`` use it (and its index) directly.
     """
-    if not _COLUMN.fullmatch(column):
-        raise QueryError(f"Invalid column name {column!r}.")
+    for name in (column, id_column or "id"):
+        if not _COLUMN.fullmatch(name):
+            raise QueryError(f"Invalid column name {name!r}.")
     node, _ = _parse(filter)
     params: list[Any] = []
-    sql = _compile(node, column, params)
+    sql = _compile(node, column, params, id_column)
     return sql, params
 
 
@@ -314,13 +318,20 @@ class _Predicate:
     matches_missing: bool
 
 
-def _compile(node: _Node, column: str, params: list) -> str:
+def _compile(node: _Node, column: str, params: list, id_column: str | None = None) -> str:
     if isinstance(node, _Junction):
         if not node.parts:
             return "1"
         joiner = " AND " if node.op == "$and" else " OR "
-        return "(" + joiner.join(_compile(part, column, params) for part in node.parts) + ")"
+        return "(" + joiner.join(_compile(part, column, params, id_column) for part in node.parts) + ")"
     op, value = node.op, node.value
+    if id_column and node.path == ("_id",) and op in ("$eq", "$in"):
+        # Stored ids are always text: only text values can match.
+        ids = [v for v in ([value] if op == "$eq" else value) if isinstance(v, str)]
+        if not ids:
+            return "0"
+        params.extend(ids)
+        return f"{id_column} = ?" if len(ids) == 1 else f"{id_column} IN ({', '.join('?' * len(ids))})"
     if op in ("$eq", "$ne", "$in", "$nin"):
         values = [value] if op in ("$eq", "$ne") else value
         if not values:
@@ -345,10 +356,12 @@ def _equality(values: list[Scalar]) -> _Predicate:
         terms: list[str] = []
         params: list[Any] = []
         for group, types in ((strings, "= 'text'"), (numbers, f"IN {_NUMBER_TYPES}")):
+            # "+" keeps SQLite from answering the value test with the (unselective) index
+            # on the value's type: the index on the value itself must be used.
             if len(group) == 1:
-                terms.append(f"({vx} = ? AND {tx} {types})")
+                terms.append(f"({vx} = ? AND +{tx} {types})")
             elif group:
-                terms.append(f"({vx} IN ({', '.join('?' * len(group))}) AND {tx} {types})")
+                terms.append(f"({vx} IN ({', '.join('?' * len(group))}) AND +{tx} {types})")
             params.extend(group)
         for flag in sorted(bools):
             terms.append(f"{tx} = '{'true' if flag else 'false'}'")
@@ -369,7 +382,7 @@ def _comparison(sql_op: str, value: Scalar) -> _Predicate:
         types, bound = f"IN {_NUMBER_TYPES}", value
 
     def sql(vx: str, tx: str) -> tuple[str, list]:
-        return f"({vx} {sql_op} ? AND {tx} {types})", [bound]
+        return f"({vx} {sql_op} ? AND +{tx} {types})", [bound]
 
     return _Predicate(sql, False)
 
