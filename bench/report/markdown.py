@@ -1,5 +1,11 @@
-"""The markdown report of a study. Pure: a study description, a runs DataFrame and a
-provenance mapping in; markdown text and named figures out."""
+"""The markdown report of a study. Pure: a study description, the runs and per-epoch
+DataFrames and a provenance mapping in; markdown text, named figures and exportable
+tables out.
+
+A report is the study's set-up (with what its budget holds equal), then its sections in
+the spec's order, each built by its kind (:mod:`bench.report.sections`), then the outcome
+of every trial and a reproducibility footer.
+"""
 
 from __future__ import annotations
 
@@ -10,179 +16,162 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.report.plots import scaling_plot
-from bench.report.tables import aggregate, best_rows, pivot_markdown
-
-METRICS: dict[str, tuple[str, float, bool]] = {
-    # name: (label, display scale, higher is better)
-    "final_val_acc": ("final validation accuracy (%)", 100.0, True),
-    "best_val_acc": ("best validation accuracy (%)", 100.0, True),
-    "final_train_acc": ("final training accuracy (%)", 100.0, True),
-    "final_val_loss": ("final validation loss", 1.0, False),
-    "final_train_loss": ("final training loss", 1.0, False),
-    "samples_per_s": ("training throughput (samples/s)", 1.0, True),
-    "train_seconds": ("training time (s)", 1.0, False),
-}
+from bench.report.budget import budget_lines
+from bench.report.export import ExportTable
+from bench.report.kinds import SECTIONS, SectionInput
+from bench.report.schema import ReportSpec, SectionSpec, parse_report
+from bench.spec import CONFIG_FIELDS
 
 
 @dataclass
 class Report:
     text: str
-    figures: dict[str, Figure] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)  # path relative to the report → figure
+    tables: dict[str, ExportTable] = field(default_factory=dict)  # path stem relative to the report → table
 
 
-def metric_info(metric: str, report: Mapping[str, Any]) -> tuple[str, float, bool]:
-    label, scale, higher = METRICS.get(metric, (metric, 1.0, True))
-    return label, scale, bool(report.get("higher_is_better", higher))
+def study_key(study: Mapping[str, Any]) -> str:
+    return study["name"] if study.get("profile", "default") == "default" else f"{study['name']}@{study['profile']}"
 
 
-def build_report(study: Mapping[str, Any], frame: pd.DataFrame, provenance: Mapping[str, Any]) -> Report:
-    spec = study.get("report") or {}
-    key = study["name"] if study.get("profile", "default") == "default" else f"{study['name']}@{study['profile']}"
-    rows, columns = spec.get("rows", "norm"), spec.get("columns", "batch_size")
-    metric = spec.get("metric", "final_val_acc")
-    label, scale, higher = metric_info(metric, spec)
-    axes = study.get("axes") or {}
-    agg = aggregate(frame, rows, columns, metric)
-    if study.get("variants"):  # variants are listed in the order the spec gives them
-        axes = {**axes, "variant": list(study["variants"])}
-    figures: dict[str, Figure] = {}
-
-    out = [f"# {spec.get('title') or key}", ""]
+def build_report(
+    study: Mapping[str, Any],
+    frame: pd.DataFrame,
+    provenance: Mapping[str, Any],
+    epochs: pd.DataFrame | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Report:
+    """``frame``: one row per trial (:func:`bench.report.frame.runs_frame`, trials never run
+    included as ``pending``); ``epochs``: one row per (run, epoch)
+    (:func:`bench.report.frame.metrics_frame`), needed by the per-epoch kinds;
+    ``overrides``: report settings from the command line (``ci``, ``alpha``, ``correction``)."""
+    spec = parse_report(study.get("report"), study, overrides=overrides)
+    key = study_key(study)
+    epochs = epochs if epochs is not None else pd.DataFrame(columns=["run_id", "epoch"])
+    report = Report("")
+    out = [f"# {spec.title or key}", ""]
     if study.get("description"):
         out += [str(study["description"]).strip(), ""]
-    out += ["## Set-up", "", *_setup_lines(study, frame), ""]
-
-    out += [f"## {label[0].upper() + label[1:]}: {rows} × {columns}", ""]
-    out += [
-        pivot_markdown(
-            agg, rows, columns, row_order=axes.get(rows), column_order=axes.get(columns), higher_is_better=higher, scale=scale
-        ),
-        "",
-        f"Each cell: mean ± sample standard deviation over seeds, n = completed trials; **bold** = best "
-        f"{rows} in its column ({'highest' if higher else 'lowest'}). Diverged and failed trials are counted "
-        "in their cell, not averaged in.",
-        "",
-    ]
-    out += _reference_lines(spec.get("references") or [], rows, columns)
-    highlights = _highlights(agg, rows, columns, higher, scale, axes.get(columns))
-    if highlights:
-        out += ["**Per column:**", "", *highlights, ""]
-
-    plot = spec.get("plot") or {"x": columns, "group": rows}
-    if not agg.empty and agg["n"].sum() > 0:
-        name = f"{key.replace('@', '-')}/{metric}-vs-{plot.get('x', columns)}.png"
-        x, group = plot.get("x", columns), plot.get("group", rows)
-        plot_agg = agg if (x, group) in ((columns, rows), (rows, columns)) else aggregate(frame, group, x, metric)
-        figures[name] = scaling_plot(
-            plot_agg,
-            x,
-            group,
-            ylabel=label,
-            title=f"{key}: {label} vs {x}",
-            log_base=plot.get("log_base", 2),
-            scale=scale,
-            group_order=axes.get(group),
-        )
-        out += ["## Plot", "", f"![{label} vs {x}]({name})", ""]
-
+    out += ["## Set-up", "", *_setup_lines(study, frame), *budget_lines(spec.budget, frame), ""]
+    prefix = key.replace("@", "-")
+    for section in spec.sections:
+        out += _section(section, study, frame, epochs, prefix, report)
     out += ["## Runs", "", *_outcome_lines(frame), ""]
-    out += ["---", "", "### Provenance", "", *_provenance_lines(provenance, study)]
-    return Report("\n".join(out) + "\n", figures)
+    out += ["---", "", "### Provenance", "", *_provenance_lines(provenance, study, spec)]
+    report.text = "\n".join(out) + "\n"
+    return report
 
 
-def _reference_lines(references: list[Mapping[str, Any]], rows: str, columns: str) -> list[str]:
-    """Published numbers a spec carries, set beside the measured table and labelled as
-    such: ``{source, values: {row: {column: value}} or {row: value}, note}``."""
-    out: list[str] = []
-    for ref in references:
-        values = ref.get("values") or {}
-        out += [f"**Published, not measured here** — {ref.get('source', 'reference')}:", ""]
-        cols: list[Any] = []
-        for v in values.values():
-            for c in v if isinstance(v, Mapping) else []:
-                if c not in cols:
-                    cols.append(c)
-        if cols:
-            out += [f"| {rows} \\ {ref.get('columns', columns)} | " + " | ".join(str(c) for c in cols) + " |",
-                    "|" + "---|" * (len(cols) + 1)]
-            for r, v in values.items():
-                out.append(f"| {r} | " + " | ".join(str(v.get(c, "—")) for c in cols) + " |")
-        else:
-            out += [f"| {rows} | {ref.get('metric', 'value')} |", "|---|---|"]
-            out += [f"| {r} | {v} |" for r, v in values.items()]
-        if ref.get("note"):
-            out += ["", str(ref["note"]).strip()]
-        out.append("")
+def _section(
+    section: SectionSpec, study: Mapping[str, Any], runs: pd.DataFrame, epochs: pd.DataFrame, prefix: str, report: Report
+) -> list[str]:
+    kind = SECTIONS.get(section.kind)
+    where = section.options.get("where") or {}
+    for column, values in where.items():
+        runs = runs[runs[column].isin(values)] if column in runs else runs.iloc[0:0]
+    if kind.per_epoch and not epochs.empty:
+        epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
+    heading = [f"## {section.title}", ""]
+    if where:
+        heading += ["Trials with " + "; ".join(f"{k} ∈ {{{', '.join(str(v) for v in vs)}}}" for k, vs in where.items()) + ".", ""]
+    if where and runs.empty:
+        return heading + ["_No trial of this study matches the section's `where`._", ""]
+    built = kind.build(
+        SectionInput(study, runs.reset_index(drop=True), epochs.reset_index(drop=True), section.options, section.title,
+                     f"{prefix}/{section.name}")
+    )
+    out = heading + [built.text.rstrip("\n"), ""]
+    links = []
+    for stem, table in built.tables.items():
+        name = stem.rsplit("/", 1)[-1]
+        links.append(f"[{name}.csv]({stem}.csv)" + (f" · [{name}.tex]({stem}.tex)" if table.latex is not None else ""))
+    if links:
+        out += ["Tables: " + " · ".join(links), ""]
+    report.figures.update(built.figures)
+    report.tables.update(built.tables)
     return out
 
 
 def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
     axes = study.get("axes") or {}
     zipped = study.get("zip") or {}
+    variants = study.get("variants") or {}
     base = {k: v for k, v in (study.get("base") or {}).items() if k not in axes and k not in zipped and v is not None}
     seeds = study.get("seeds") or [0]
-    lines = [f"- Profile: `{study.get('profile', 'default')}`; trials: {len(frame)} "
-             f"({_product(axes)} configurations × {len(seeds)} seed{'s' if len(seeds) != 1 else ''})"]
+    configurations = _configurations(frame)
+    shape = f"{configurations} configuration{'s' if configurations != 1 else ''}"
+    if configurations * len(seeds) == len(frame):
+        shape += f" × {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    lines = [f"- Profile: `{study.get('profile', 'default')}`; trials: {len(frame)} ({shape})"]
+    if variants:
+        lines.append(f"- Variants: {', '.join(f'`{name}`' for name in variants)}")
     for axis, values in axes.items():
         lines.append(f"- Axis `{axis}`: {', '.join(str(v) for v in values)}")
     for axis, values in zipped.items():
         lines.append(f"- Zipped `{axis}`: {', '.join(str(v) for v in values)}")
     lines.append(f"- Seeds: {', '.join(str(s) for s in seeds)}")
+    tune = study.get("tune")
+    if tune:
+        lines.append(
+            f"- Tuned: for each configuration, the `{tune['over']}` with the best mean `{tune['metric']}` over these seeds "
+            f"is re-run with seeds {', '.join(str(s) for s in tune['seeds'])} (the DeepOBS protocol)"
+        )
     if base:
         lines.append("- Fixed: " + ", ".join(f"`{k}={v}`" for k, v in base.items()))
     if "lr_scaling" in base or "lr" in base:
         rule = base.get("lr_scaling", "linear")
-        lines.append(
-            f"- Learning rate: `lr={base.get('lr', 0.05)}` at batch {base.get('lr_base_batch', 32)}, "
-            f"scaled with batch size by the `{rule}` rule (the effective lr of each run is stored with it)"
+        lr = f"`lr={base['lr']}`" if "lr" in base else "`lr` as each variant or axis sets it"
+        scaling = (
+            "not scaled with batch size" if rule == "none"
+            else f"at batch {base.get('lr_base_batch', 32)}, scaled with batch size by the `{rule}` rule"
         )
+        lines.append(f"- Learning rate: {lr}, {scaling} (the effective lr of each run is stored with it)")
     return lines
 
 
-def _product(axes: Mapping[str, list[Any]]) -> int:
-    n = 1
-    for values in axes.values():
-        n *= len(values)
-    return n
-
-
-def _highlights(agg: pd.DataFrame, rows: str, columns: str, higher: bool, scale: float, order: Any) -> list[str]:
-    best = best_rows(agg, rows, columns, higher)
-    lines = []
-    for c in order or sorted(best):
-        if c not in best:
-            continue
-        part = agg[(agg[columns] == c) & (agg["n"] > 0)].sort_values("mean", ascending=not higher)
-        first = part.iloc[0]
-        text = f"- {columns} = {c}: best `{first[rows]}` {first['mean'] * scale:.1f}"
-        if len(part) > 1:
-            second = part.iloc[1]
-            text += f", then `{second[rows]}` {second['mean'] * scale:.1f} (gap {abs(first['mean'] - second['mean']) * scale:.1f})"
-        lines.append(text)
-    return lines
+def _configurations(frame: pd.DataFrame) -> int:
+    """Distinct configs among the trials, seeds aside (a variant that pins an axis makes
+    fewer than variants × axes)."""
+    columns = [c for c in CONFIG_FIELDS if c != "seed" and c in frame]
+    return len(frame[columns].drop_duplicates()) if columns and not frame.empty else len(frame)
 
 
 def _outcome_lines(frame: pd.DataFrame) -> list[str]:
     if frame.empty:
         return ["No runs recorded."]
     counts = frame["status"].value_counts()
-    lines = ["- " + ", ".join(f"{status}: {n}" for status, n in counts.items())]
+    lines = ["- " + ", ".join(f"{'not run' if status == 'pending' else status}: {n}" for status, n in counts.items())]
     if "train_seconds" in frame and frame["train_seconds"].notna().any():
         lines.append(f"- Total training time: {frame['train_seconds'].sum() / 60:.1f} min over {len(frame)} trials")
     failed = frame[frame["status"] == "failed"]
     for _, row in failed.head(5).iterrows():
         lines.append(f"- failed `{row['run_id']}`: {row.get('error') or 'no error text'}")
+    diverged = frame[frame["status"] == "diverged"]
+    if not diverged.empty and "diverged_step" in diverged:
+        steps = pd.to_numeric(diverged["diverged_step"], errors="coerce").dropna()
+        if len(steps):
+            lines.append(f"- Diverged at optimizer step {int(steps.min())}" + (f" to {int(steps.max())}" if steps.max() != steps.min() else ""))
     return lines
 
 
-def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any]) -> list[str]:
+def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: ReportSpec) -> list[str]:
     lines = [f"- Generated: {prov.get('date')} from the result store ({prov.get('store')}); no training was needed to build it"]
     if prov.get("grid_command"):
         lines.append(f"- Reproduce the runs: `{prov['grid_command']}`")
     if prov.get("report_command"):
         lines.append(f"- Rebuild this report: `{prov['report_command']}`")
-    lines.append(f"- Study spec: `{study.get('source', '')}` (hash `{prov.get('spec_hash', '')}`)")
+    spec_line = f"- Study spec: `{study.get('source', '')}` (hash `{prov.get('spec_hash', '')}`)"
+    if prov.get("grid_spec_hash") and prov.get("grid_spec_hash") != prov.get("spec_hash"):
+        spec_line += (
+            f"; the grid last ran with spec hash `{prov['grid_spec_hash']}` (the spec changed since, e.g. its report; "
+            "the trials are matched by their ids, which depend only on their configs)"
+        )
+    lines.append(spec_line)
+    lines.append(
+        f"- Statistics: confidence intervals `{spec.ci}`, α = {spec.alpha:g}, multiple-comparison correction `{spec.correction}`"
+        + (f"; {prov['report_libraries']}" if prov.get("report_libraries") else "")
+    )
     for key in ("devices", "versions", "hosts"):
         if prov.get(key):
             lines.append(f"- {key.capitalize()}: {prov[key]}")

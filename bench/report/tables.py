@@ -1,61 +1,119 @@
-"""Aggregation and markdown tables. Pure functions: DataFrame in, DataFrame or text out.
+"""Aggregation, comparison with a baseline, and pivot tables. Pure: DataFrame in,
+DataFrame or text out.
 
-Every cell is a distribution over seeds: mean ± sample std (ddof = 1) and n. Failed and
-diverged trials are outcomes, not missing data: each cell counts them and shows them.
+Every cell is a distribution over seeds: mean ± sample std (ddof = 1), n, and optionally a
+confidence interval. Failed, diverged and never-run trials are outcomes, not missing data:
+each cell counts them ("1 of 3 diverged") and leaves them out of the mean.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from bench.report.format import MARKDOWN, Style, format_cell, format_delta
+from bench.report.metrics import Metric
+from bench.report.stats import describe, holm, interval, paired_difference
+
 OUTCOMES = ("completed", "diverged", "failed")
+CELL_COLUMNS = ("mean", "std", "n", "total", *OUTCOMES, "pending", "ci_low", "ci_high", "values", "pooled_seeds")
 
 
-def aggregate(frame: pd.DataFrame, rows: str, columns: str, metric: str) -> pd.DataFrame:
-    """One row per (rows, columns) value pair: mean, std, n (completed trials with the
-    metric), total trials, and the count of each outcome."""
+def aggregate(
+    frame: pd.DataFrame, keys: str | Sequence[str], metric: str, *, ci: str = "none", level: float = 0.95
+) -> pd.DataFrame:
+    """One row per combination of ``keys``: mean, std, n (completed trials with the
+    metric), the interval ``ci`` asks for, total trials, the count of each outcome, and
+    ``values``: seed → value of the completed trials (the mean, when a cell holds several
+    trials of one seed; ``pooled_seeds`` counts those seeds) for pairing."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
     if frame.empty:
-        return pd.DataFrame(columns=[rows, columns, "mean", "std", "n", "total", *OUTCOMES, "pending"])
+        return pd.DataFrame(columns=[*keys, *CELL_COLUMNS])
     records = []
-    for (r, c), group in frame.groupby([rows, columns], sort=True, dropna=False):
+    for group_keys, group in frame.groupby(keys, sort=True, dropna=False):
+        group_keys = group_keys if isinstance(group_keys, tuple) else (group_keys,)
         done = group[group["status"] == "completed"]
-        values = pd.to_numeric(done[metric], errors="coerce").dropna() if metric in done else pd.Series(dtype=float)
+        values = pd.to_numeric(done[metric], errors="coerce") if metric in done else pd.Series(dtype=float)
+        done = done.assign(_value=values)[values.notna()]
+        summary = describe(done["_value"].to_numpy())
+        low, high = interval(done["_value"].to_numpy(), ci, level)
+        per_seed = done.groupby("seed")["_value"] if "seed" in done else None
         records.append(
             {
-                rows: r,
-                columns: c,
-                "mean": values.mean() if len(values) else math.nan,
-                "std": values.std(ddof=1) if len(values) > 1 else math.nan,
-                "n": int(len(values)),
+                **dict(zip(keys, group_keys)),
+                "mean": summary.mean,
+                "std": summary.std,
+                "n": summary.n,
                 "total": int(len(group)),
                 **{o: int((group["status"] == o).sum()) for o in OUTCOMES},
                 "pending": int((~group["status"].isin(OUTCOMES)).sum()),
+                "ci_low": low,
+                "ci_high": high,
+                "values": {int(s): float(v) for s, v in per_seed.mean().items()} if per_seed is not None else {},
+                "pooled_seeds": int((per_seed.size() > 1).sum()) if per_seed is not None else 0,
             }
         )
     return pd.DataFrame.from_records(records)
 
 
-def _fmt(value: float, scale: float, digits: int) -> str:
-    return f"{value * scale:.{digits}f}"
+def baseline_applies(baseline: Mapping[str, Any] | None, keys: Sequence[str]) -> bool:
+    """A baseline can be compared with in a table whose cells are told apart by ``keys``
+    when it names only those keys."""
+    return bool(baseline) and set(baseline) <= set(keys)
 
 
-def format_cell(cell: pd.Series, *, scale: float = 100.0, digits: int = 1, best: bool = False) -> str:
-    """``**86.3 ± 0.4** (n=3)``; ``diverged 3/3``; ``85.1 (n=2; 1/3 diverged)``."""
-    counts = {k: int(cell[k]) for k in ("n", "total", "pending", *OUTCOMES)}  # a row Series may hold floats
-    notes = [f"{counts[o]}/{counts['total']} {o}" for o in ("diverged", "failed") if counts[o]]
-    if counts["pending"]:
-        notes.append(f"{counts['pending']}/{counts['total']} not run")
-    if counts["n"] == 0:
-        return "; ".join(notes) or "—"
-    text = _fmt(cell["mean"], scale, digits)
-    if counts["n"] > 1:
-        text += f" ± {_fmt(cell['std'], scale, digits)}"
-    if best:
-        text = f"**{text}**"
-    return f"{text} (n={counts['n']}{'; ' + '; '.join(notes) if notes else ''})"
+def compare(
+    agg: pd.DataFrame,
+    keys: Sequence[str],
+    baseline: Mapping[str, Any],
+    *,
+    ci: str = "none",
+    level: float = 0.95,
+    alpha: float = 0.05,
+    correction: str = "none",
+) -> pd.DataFrame:
+    """Adds each cell's paired comparison with its baseline cell: the cell whose keys are
+    the cell's own with the baseline's values put in (``{norm: bn}``: the bn cell of the
+    same column; a baseline naming every key is one fixed cell). Columns: ``is_baseline``,
+    ``has_baseline``, ``delta`` (mean per-seed difference), ``delta_std``, ``pairs``, ``t``,
+    ``p``, ``p_adjusted`` (Holm over the table's tests, or p), ``delta_low``/``delta_high``
+    (interval of the difference), ``significant`` (p_adjusted < alpha), ``delta_note``."""
+    keys = list(keys)
+    out = agg.copy().reset_index(drop=True)
+    index = {tuple(row[k] for k in keys): i for i, row in out.iterrows()}
+    results: list[dict[str, Any]] = []
+    for _, row in out.iterrows():
+        own = tuple(row[k] for k in keys)
+        target = tuple(baseline.get(k, row[k]) for k in keys)
+        base = index.get(target)
+        record: dict[str, Any] = {"is_baseline": own == target, "has_baseline": base is not None}
+        if own == target or base is None:
+            note = "" if own == target else "no baseline cell: " + ", ".join(f"{k}={v}" for k, v in zip(keys, target))
+            record.update(delta=math.nan, delta_std=math.nan, pairs=0, t=math.nan, p=math.nan, delta_low=math.nan,
+                          delta_high=math.nan, delta_note=note)
+        else:
+            base_row = out.loc[base]
+            diff = paired_difference(row["values"], base_row["values"], ci=ci, level=level)
+            note = diff.note
+            if diff.pairs == 0 and int(base_row["n"]) == 0:
+                note = "the baseline has no completed trial"
+            record.update(delta=diff.mean, delta_std=diff.std, pairs=diff.pairs, t=diff.t, p=diff.p,
+                          delta_low=diff.low, delta_high=diff.high, delta_note=note)
+        results.append(record)
+    extra = pd.DataFrame.from_records(results, index=out.index)
+    adjusted = holm(extra["p"].tolist()) if correction == "holm" else extra["p"].tolist()
+    extra["p_adjusted"] = adjusted
+    extra["significant"] = [bool(p < alpha) if not math.isnan(p) else False for p in adjusted]
+    return pd.concat([out, extra], axis=1)
+
+
+def any_tested(agg: pd.DataFrame) -> bool:
+    """Whether any cell of a compared table has a test (two or more pairs)."""
+    return "p" in agg and bool(agg["p"].notna().any())
 
 
 def best_rows(agg: pd.DataFrame, rows: str, columns: str, higher_is_better: bool = True) -> dict[object, object]:
@@ -67,41 +125,96 @@ def best_rows(agg: pd.DataFrame, rows: str, columns: str, higher_is_better: bool
     return best
 
 
-def pivot_markdown(
+def pivot_frame(
     agg: pd.DataFrame,
     rows: str,
     columns: str,
+    metric: Metric,
     *,
+    style: Style = MARKDOWN,
     row_order: Sequence[object] | None = None,
     column_order: Sequence[object] | None = None,
-    higher_is_better: bool = True,
-    scale: float = 100.0,
-    digits: int = 1,
-) -> str:
-    """A markdown pivot table (rows × columns) of formatted cells, best of each column in bold."""
-    if agg.empty:
-        return "_No runs yet._"
-    row_values = _ordered(agg[rows].unique(), row_order)
-    col_values = _ordered(agg[columns].unique(), column_order)
-    best = best_rows(agg, rows, columns, higher_is_better)
-    index = {(r, c): cell for _, cell in agg.iterrows() for r, c in [(cell[rows], cell[columns])]}
-    header = f"| {rows} \\ {columns} | " + " | ".join(str(c) for c in col_values) + " |"
-    lines = [header, "|" + "---|" * (len(col_values) + 1)]
+    ci: bool = False,
+) -> pd.DataFrame:
+    """The pivot as formatted text, one row per ``rows`` value: each cell's mean ± std (n),
+    its interval when ``ci``, its comparison with the baseline when ``agg`` has one (see
+    :func:`compare`), the best of each column in bold."""
+    row_values = ordered(agg[rows].unique(), row_order)
+    col_values = ordered(agg[columns].unique(), column_order)
+    best = best_rows(agg, rows, columns, metric.higher_is_better)
+    index = {(cell[rows], cell[columns]): cell for _, cell in agg.iterrows()}
+    explain = any_tested(agg)
+    records = []
     for r in row_values:
-        cells = []
+        record = {f"{rows} \\ {columns}": style.text(str(r))}
         for c in col_values:
             cell = index.get((r, c))
-            cells.append("—" if cell is None else format_cell(cell, scale=scale, digits=digits, best=best.get(c) == r))
-        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+            if cell is None:
+                record[str(c)] = "—"
+                continue
+            text = format_cell(cell, metric, style, best=best.get(c) == r, ci=ci)
+            delta = format_delta(cell, metric, style, ci=ci, explain=explain)
+            record[str(c)] = text + (style.newline + delta if delta else "")
+        records.append(record)
+    return pd.DataFrame.from_records(records, columns=[f"{rows} \\ {columns}", *(str(c) for c in col_values)])
+
+
+def pivot_markdown(agg: pd.DataFrame, rows: str, columns: str, metric: Metric, **kwargs: Any) -> str:
+    if agg.empty:
+        return "_No runs yet._"
+    return markdown_table(pivot_frame(agg, rows, columns, metric, style=MARKDOWN, **kwargs))
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame of already formatted text as a markdown table (headers as given)."""
+    header = "| " + " | ".join(MARKDOWN.text(str(c)) for c in frame.columns) + " |"
+    lines = [header, "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines)
 
 
-def _ordered(present: Sequence[object], order: Sequence[object] | None) -> list[object]:
-    """The given order, then values present but not in it (a variant that pins an axis to
-    another value, e.g. a reference row at batch 32), sorted."""
-    first = list(order or [])
-    return first + sorted((v for v in present if v not in first), key=_sort_key)
+def numbers_frame(agg: pd.DataFrame, keys: Sequence[str], metric: Metric) -> pd.DataFrame:
+    """The numbers behind a table, one row per cell, in the units shown (accuracy in %):
+    what the CSV export holds."""
+    scaled = ["mean", "std", "ci_low", "ci_high", "delta", "delta_std", "delta_low", "delta_high"]
+    columns = [*keys, "mean", "std", "n", "total", "completed", "diverged", "failed", "pending", "ci_low", "ci_high"]
+    if "delta" in agg:
+        columns += ["is_baseline", "delta", "delta_std", "delta_low", "delta_high", "pairs", "t", "p", "p_adjusted", "significant"]
+    out = agg[columns].copy()
+    for c in scaled:
+        if c in out:
+            out[c] = pd.to_numeric(out[c], errors="coerce") * metric.scale
+    out.insert(len(keys), "metric", metric.label)
+    return out.rename(columns={"pending": "not_run"})
 
 
-def _sort_key(value: object) -> tuple[int, object]:
-    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+def ordered(present: Sequence[object], order: Sequence[object] | None) -> list[object]:
+    """The given order (values not present left out), then values present but not in it
+    (a variant that pins an axis to another value, e.g. a reference row at batch 32),
+    sorted."""
+    present = list(present)
+    first = [v for v in (order or []) if v in present]
+    return first + sorted((v for v in present if v not in first), key=sort_key)
+
+
+def sort_key(value: object) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else (1, str(value))
+
+
+def axis_order(study: Mapping[str, Any], key: str) -> list[Any] | None:
+    """The order the spec gives a column's values: its axis or zip list, or the variants."""
+    if key == "variant":
+        return list(study.get("variants") or []) or None
+    return list((study.get("axes") or {}).get(key) or (study.get("zip") or {}).get(key) or []) or None
+
+
+def sort_cells(frame: pd.DataFrame, keys: Sequence[str], study: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows in the spec's order of each key (the first key varies slowest)."""
+    if frame.empty:
+        return frame
+    ranks = {}
+    for key in keys:
+        order = ordered(frame[key].unique(), axis_order(study, key))
+        ranks[f"_rank_{key}"] = frame[key].map({v: i for i, v in enumerate(order)})
+    return frame.assign(**ranks).sort_values(list(ranks), kind="stable").drop(columns=list(ranks)).reset_index(drop=True)

@@ -1,21 +1,29 @@
-"""Builds a study's report from the store alone and writes it to disk."""
+"""Builds a study's report from the store alone and writes it to disk: the markdown, its
+figures (PNG) and its tables (CSV and LaTeX) in ``reports/<study>/``. The store is only
+read."""
 
 from __future__ import annotations
 
 import shlex
 from collections import Counter
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
-
 from bench.provenance import utcnow
-from bench.report.frame import runs_frame
+from bench.report.export import to_csv, to_latex
+from bench.report.frame import metrics_frame, runs_frame
+from bench.report.kinds import SECTIONS
 from bench.report.markdown import build_report
+from bench.report.schema import parse_report
 from bench.spec import StudySpec
+from bench.tune import study_trials
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
+
+_CHUNK = 500  # ids per query
 
 
 def report_path(spec: StudySpec, reports_dir: str | Path = "reports") -> Path:
@@ -30,45 +38,89 @@ def _summarize(values: list[str]) -> str:
     return "; ".join(f"{v} ({n} runs)" if len(counts) > 1 else v for v, n in counts.most_common())
 
 
+def _libraries() -> str:
+    versions = []
+    for package in ("pandas", "scipy", "matplotlib"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "report built with " + ", ".join(versions)
+
+
+def report_flags(overrides: Mapping[str, Any]) -> str:
+    """The command-line flags that give these report settings."""
+    return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in overrides.items() if v is not None)
+
+
 def write_report(
-    spec: StudySpec, store: ResultStore, reports_dir: str | Path = "reports", grid_command: str | None = None
+    spec: StudySpec,
+    store: ResultStore,
+    reports_dir: str | Path = "reports",
+    grid_command: str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Reads the study's trials from the store (by the ids its spec expands to), writes
-    ``<reports_dir>/<study>.md`` and its figures beside it."""
-    ids = [t.trial_id for t in spec.expand()]
-    runs = []
-    for i in range(0, len(ids), 500):
-        runs += store.find_runs({"_id": {"$in": ids[i : i + 500]}})
+    """Reads the study's trials from the store (by the ids its spec expands to) and their
+    per-epoch metrics when a section needs them, writes ``<reports_dir>/<study>.md`` and
+    its figures and tables beside it. ``overrides``: report settings (``ci``, ``alpha``,
+    ``correction``) replacing the spec's."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    study = spec.to_dict()
+    sections = parse_report(study["report"], study, overrides=overrides).sections  # fail before reading anything
+    # the expansion, plus the tuned re-runs the store's results already determine
+    labelled: dict[str, tuple[str, Any]] = {}  # trial id → (variant, config), the first label of a shared trial
+    for variant, config in study_trials(spec, store):
+        labelled.setdefault(config.trial_id, (variant, config))
+    ids = list(labelled)
+    runs: list[dict[str, Any]] = []
+    for i in range(0, len(ids), _CHUNK):
+        runs += store.find_runs({"_id": {"$in": ids[i : i + _CHUNK]}})
     found = {r["_id"] for r in runs}
     # Trials never started still count: they show as "not run" in their cell.
-    runs += [{"_id": t.trial_id, "status": "pending", "config": t.to_dict()} for t in spec.expand() if t.trial_id not in found]
+    runs += [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]
     frame = runs_frame(runs)
     if spec.variants:
-        frame["variant"] = frame["run_id"].map(spec.variant_of())
+        frame["variant"] = frame["run_id"].map({tid: variant for tid, (variant, _) in labelled.items()})
+    epochs = None
+    if any(SECTIONS.get(s.kind).per_epoch for s in sections):
+        docs: list[dict[str, Any]] = []
+        stored = [i for i in ids if i in found]
+        for i in range(0, len(stored), _CHUNK):
+            docs += store.find_metrics(stored[i : i + _CHUNK])
+        epochs = metrics_frame(docs)
     envs = [r.get("env") or {} for r in runs]
-    stored = store.get_study(spec.key) or {}
+    stored_study = store.get_study(spec.key) or {}
     versions = _summarize(
         [f"bench {e.get('bench')}, torch {e.get('torch')}, torchvision {e.get('torchvision')}, ray {e.get('ray')}, python {e.get('python')}" for e in envs if e]
     )
-    flags = " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in spec.overrides.items())
+    sets = " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in spec.overrides.items())
     profile = "" if spec.profile == "default" else f" --profile {spec.profile}"
     provenance: dict[str, Any] = {
         "date": utcnow(),
         "store": f"{store.kind} {store.location}",
-        "grid_command": grid_command or stored.get("command") or f"bench grid {spec.name}{profile} {flags}".strip(),
-        "report_command": f"bench report {spec.name}{profile} {flags}".strip(),
+        "grid_command": grid_command or stored_study.get("command") or f"bench grid {spec.name}{profile} {sets}".strip(),
+        "report_command": " ".join(p for p in (f"bench report {spec.name}{profile}", sets, report_flags(overrides)) if p),
         "spec_hash": spec.spec_hash,
+        "grid_spec_hash": stored_study.get("spec_hash"),
+        "report_libraries": _libraries(),
         "devices": _summarize([e.get("device", "") for e in envs]),
         "versions": versions,
         "hosts": _summarize([e.get("host", "") for e in envs]),
     }
-    report = build_report(spec.to_dict(), frame, provenance)
+    report = build_report(study, frame, provenance, epochs, overrides=overrides)
     path = report_path(spec, reports_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     for name, figure in report.figures.items():
         target = path.parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(target)
-        plt.close(figure)
+    for stem, table in report.tables.items():
+        target = path.parent / stem
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.with_name(target.name + ".csv").write_text(to_csv(table))
+        latex = to_latex(table)
+        if latex is not None:
+            target.with_name(target.name + ".tex").write_text(latex)
     path.write_text(report.text)
     return path
