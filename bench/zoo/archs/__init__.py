@@ -10,6 +10,10 @@ as easily as the norm::
 registered norm fits any architecture. ``conv`` is a :class:`bench.zoo.convs.ConvFactory`:
 every conv and linear layer is built through ``conv.conv(...)`` / ``conv.linear(...)``, so
 any weight reparametrization (standardization, weight norm, ...) fits any architecture.
+
+Architecture-specific options (``nf_alpha``, the ViT's ``patch_size`` and ``vit_*``) are
+further keywords, named as the config fields that carry them. :func:`first_layer` finds
+the layer that sees the input (whose gradient norm stability analyses watch).
 """
 
 from __future__ import annotations
@@ -23,5 +27,18 @@ from bench.registry import Registry
 ArchBuilder = Callable[..., nn.Module]
 ARCHS: Registry[ArchBuilder] = Registry("arch")
 
+
+def first_layer(model: nn.Module) -> nn.Module:
+    """The layer that sees the input: ``first_layer()`` of the first module (the model or a
+    module wrapping it) that defines one, else the first conv or linear layer."""
+    for module in model.modules():
+        if callable(getattr(module, "first_layer", None)):
+            return module.first_layer()
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            return module
+    raise ValueError(f"{type(model).__name__} has no conv or linear layer")
+
+
 # Importing the modules registers their entries.
-from bench.zoo.archs import cnn, mlp, nfresnet, resnet  # noqa: E402,F401
+from bench.zoo.archs import cnn, mlp, nfresnet, resnet, vgg, vit  # noqa: E402,F401
