@@ -7,7 +7,8 @@
     bench results ls --study norm-vs-batch --where norm=gn --where "batch_size<=8"
     bench results show RUN_ID | bench results query '{"summary.final_val_acc": {"$gte": 0.9}}'
     bench report norm-vs-batch
-    bench store info
+    bench store info | bench store status | bench store reset --study norm-vs-batch --status failed
+    bench store export results.jsonl.gz | bench store import results.jsonl.gz | bench store copy --to mongodb://host/bench
     bench zoo [norms|optimizers|schedules|archs|augments|datasets]
 
 User mistakes (unknown names, invalid values, unreachable servers) end in one readable
@@ -143,6 +144,11 @@ def grid(
     device: Annotated[str | None, typer.Option(help="Force a torch device (cpu, cuda); default: cuda when present.")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the study's report at the end.")] = True,
     reports_dir: Annotated[str, typer.Option(help="Where reports are written.")] = "reports",
+    stale_after: Annotated[
+        float,
+        typer.Option(help="Seconds without a heartbeat after which a running trial counts as abandoned and is run again; "
+                          "a running trial with a fresher heartbeat belongs to another live grid and is skipped."),
+    ] = 300.0,
 ) -> None:
     """Run a study's grid: every trial not yet finished, side by side on Ray Tune."""
     from bench.schedule import GridOptions, plan, run_grid
@@ -153,6 +159,8 @@ def grid(
         return
     if not study:
         raise BenchError("Name a study (bench grid --list shows them) or give a path to a spec .yaml.")
+    if stale_after < 0:
+        raise BenchError(f"--stale-after must be ≥ 0 seconds (0: every running trial counts as abandoned); got {stale_after}.")
     if cpus_per_trial <= 0 or gpus_per_trial < 0 or (max_concurrent is not None and max_concurrent < 1):
         raise BenchError(
             "--cpus-per-trial must be > 0, --gpus-per-trial ≥ 0 (fractions share a GPU) and --max-concurrent ≥ 1; "
@@ -167,17 +175,36 @@ def grid(
         return
     store = _open_store(ctx)
     try:
-        grid_plan = plan(spec, store)
+        grid_plan = plan(spec, store, stale_after=stale_after)
         console.print(
             f"[bold]{spec.key}[/]: {len(grid_plan.trials)} trials, {len(grid_plan.cached)} already finished "
             f"(answered from the store), {len(grid_plan.todo)} to run on {executor} · store: {store.kind} {store.location}"
         )
+        if grid_plan.stale:
+            console.print(f"{len(grid_plan.stale)} trials were abandoned while running (no heartbeat for {stale_after:g} s): marked interrupted, run again")
+        if grid_plan.live:
+            console.print(f"[yellow]{len(grid_plan.live)} trials are running in another live grid:[/] skipped here")
         command = "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["grid"] else None
         with _GridProgress(len(grid_plan.todo)) as progress:
             recorder = run_grid(grid_plan, store, options, progress)
+        counts = dict(recorder.counts)
+        todo = len(grid_plan.todo)
+        if spec.tune and counts["done"] == todo:
+            # the tuned re-runs follow from the sweep's results: plan again, run what is new
+            tuned_plan = plan(spec, store)
+            planned = {t.trial_id for t in grid_plan.trials}
+            tuned_plan.todo = [t for t in tuned_plan.todo if t.trial_id not in planned]
+            if tuned_plan.todo:
+                console.print(
+                    f"tuning: {len(tuned_plan.todo)} re-runs, each configuration at its best {spec.tune['over']} "
+                    f"with seeds {spec.tune['seeds']}"
+                )
+                with _GridProgress(len(tuned_plan.todo)) as progress:
+                    second = run_grid(tuned_plan, store, options, progress)
+                counts = {k: counts.get(k, 0) + v for k, v in second.counts.items()}
+                todo += len(tuned_plan.todo)
         if command:
             store.save_study(spec.key, {"command": command})
-        counts = recorder.counts
         console.print(
             f"done: {counts['completed']} completed, {counts['diverged']} diverged, {counts['failed']} failed"
             + (f" · {len(grid_plan.cached)} from the store" if grid_plan.cached else "")
@@ -189,7 +216,9 @@ def grid(
             console.print(f"report: {path}")
         if counts["failed"]:
             console.print("[yellow]Some trials failed:[/] `bench results ls --status failed` shows them; `bench results show ID` the traceback.")
-        unfinished = len(grid_plan.todo) - counts["done"]
+        if counts.get("skipped"):
+            console.print(f"{counts['skipped']} trials were started or finished by another grid meanwhile: skipped here")
+        unfinished = todo - counts["done"] - counts.get("skipped", 0)
         if unfinished:
             err_console.print(
                 f"[yellow]Interrupted:[/] {unfinished} trials did not finish. Run the same command again to resume: "
@@ -304,14 +333,24 @@ def report_cmd(
     profile: Annotated[str | None, typer.Option("--profile")] = None,
     sets: SetOption = None,
     reports_dir: Annotated[str, typer.Option(help="Where reports are written.")] = "reports",
+    ci: Annotated[
+        str | None, typer.Option("--ci", help="Confidence interval in every cell: none, t or bootstrap (default: the spec's).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="Significance level of the paired tests; intervals at 1 − alpha (default: the spec's, else 0.05).")
+    ] = None,
+    correction: Annotated[
+        str | None, typer.Option("--correction", help="Multiple-comparison adjustment per table: none or holm (default: the spec's).")
+    ] = None,
 ) -> None:
-    """Write a study's markdown report from the store (no training)."""
+    """Write a study's markdown report, with its figures and CSV/LaTeX tables, from the store alone (no training)."""
     from bench.report.writer import write_report
 
     spec = _load(study, quick, profile, sets)
     store = _open_store(ctx)
     try:
-        console.print(f"report: {write_report(spec, store, reports_dir)}")
+        path = write_report(spec, store, reports_dir, overrides={"ci": ci, "alpha": alpha, "correction": correction})
+        console.print(f"report: {path}")
     finally:
         store.close()
 
@@ -446,6 +485,152 @@ def store_info(ctx: typer.Context) -> None:
     for k, v in info.items():
         table.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
     console.print(table)
+
+
+@store_app.command("status")
+@guarded
+def store_status(
+    ctx: typer.Context,
+    study: Annotated[str | None, typer.Option(help="Only this study.")] = None,
+    stale_after: Annotated[float, typer.Option(help="Seconds without a heartbeat after which a running trial counts as stale.")] = 300.0,
+) -> None:
+    """Runs per study and status; running trials whose driver stopped beating show as stale."""
+    from bench.store.base import RUN_STATUSES
+    from bench.store.status import study_status
+
+    store = _open_store(ctx)
+    try:
+        rows = study_status(store, study, stale_after)
+    finally:
+        store.close()
+    if not rows:
+        console.print(f"No runs in the {store.kind} store {store.location}.")
+        return
+    extra = sorted({s for row in rows for s in row.counts} - set(RUN_STATUSES))
+    statuses = [s for s in RUN_STATUSES if any(s in row.counts for row in rows)] + extra
+    table = Table("study", *(s or "(no status)" for s in statuses), "stale", "total", box=None)
+    for row in rows:
+        table.add_row(row.study or "(none)", *(str(row.counts.get(s, 0)) for s in statuses), str(row.stale), str(row.total))
+    console.print(table)
+    if any(row.stale for row in rows):
+        console.print(
+            f"stale: running with no heartbeat for {stale_after:g} s; the next `bench grid` of the study marks them "
+            "interrupted and runs them again."
+        )
+
+
+@store_app.command("reset")
+@guarded
+def store_reset(
+    ctx: typer.Context,
+    study: Annotated[str, typer.Option(help="The study whose runs to re-queue.")],
+    status: Annotated[str, typer.Option(help="Re-queue the runs with this status: failed, interrupted, diverged or completed.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm re-queueing completed or diverged runs (their results are replaced when they run).")] = False,
+) -> None:
+    """Re-queue a study's runs with a given status (pending), so the next grid runs them."""
+    from bench.store.base import FINISHED_STATUSES
+    from bench.store.status import requeue
+
+    if status in FINISHED_STATUSES and not yes:
+        raise BenchError(f"Re-queueing {status} runs replaces their results when they run again; add --yes to confirm.")
+    store = _open_store(ctx)
+    try:
+        n = requeue(store, study, status)
+    finally:
+        store.close()
+    console.print(f"{n} {status} runs of {study} re-queued (pending); `bench grid {study}` runs them.")
+
+
+@store_app.command("sync")
+@guarded
+def store_sync(ctx: typer.Context) -> None:
+    """Replay the writes journaled while MongoDB was unreachable."""
+    store = _open_store(ctx)
+    try:
+        n = store.sync()
+    finally:
+        store.close()
+    if store.kind == "embedded":
+        console.print(f"The embedded store {store.location} is written directly: nothing to sync.")
+    else:
+        console.print(f"{n} journaled writes replayed to {store.kind} {store.location}." if n else "Nothing journaled: the store is up to date.")
+
+
+@store_app.command("export")
+@guarded
+def store_export(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(help="Output file: .jsonl (or .jsonl.gz) for whole documents, .csv or .parquet for a table.")],
+    study: Annotated[str | None, typer.Option(help="Only this study and its runs.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet (default: from the file name).")] = None,
+    table: Annotated[str, typer.Option(help="For csv and parquet: runs, metrics or steps.")] = "runs",
+) -> None:
+    """Write the store (or one study) to a file: JSON Lines to move it, CSV or Parquet to analyse it."""
+    from bench.store.transfer import export_jsonl, export_table, format_of
+
+    kind = format_of(path, fmt)
+    store = _open_store(ctx)
+    try:
+        if kind == "jsonl":
+            counts = export_jsonl(store, path, study)
+            console.print(f"{path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        else:
+            console.print(f"{path}: {export_table(store, path, table, kind, study)} rows ({table})")
+    finally:
+        store.close()
+
+
+@store_app.command("import")
+@guarded
+def store_import(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(help="A JSON Lines export (.jsonl or .jsonl.gz) written by `bench store export`.")],
+) -> None:
+    """Add an export's studies, runs, metrics and steps to the store (upserts: importing twice changes nothing)."""
+    from bench.store.transfer import import_jsonl
+
+    store = _open_store(ctx)
+    try:
+        _print_transfer(import_jsonl(store, path), store)
+    finally:
+        store.close()
+
+
+@store_app.command("copy")
+@guarded
+def store_copy(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="The target store: a mongodb:// URI or an embedded store path.")],
+    study: Annotated[str | None, typer.Option(help="Only this study and its runs.")] = None,
+) -> None:
+    """Copy the store (or one study) into another store, e.g. an embedded store to a MongoDB server."""
+    from bench.store import open_store
+    from bench.store.transfer import copy_store
+
+    source = _open_store(ctx)
+    try:
+        target = open_store(to)
+        try:
+            if target.kind == source.kind and target.location == source.location:
+                raise BenchError(f"The target {target.location} is the store being copied; give another --to.")
+            _print_transfer(copy_store(source, target, study), target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def _print_transfer(counts: dict[str, int], target: Any) -> None:
+    console.print(
+        f"into {target.kind} {target.location}: {counts['studies']} studies, {counts['runs']} runs, "
+        f"{counts['metrics']} metric documents, {counts['steps']} steps"
+    )
+    if counts["runs_kept"]:
+        console.print(f"{counts['runs_kept']} runs already finished there were kept (the incoming copies are unfinished)")
+    journal = getattr(target, "journal", None)
+    if journal is not None and journal.has_entries():
+        err_console.print(f"[yellow]The server became unreachable:[/] some writes wait in {journal.path}; run `bench store sync` when it is back.")
+
 
 
 # -- zoo ------------------------------------------------------------------------------

@@ -10,24 +10,35 @@ happens. Executors:
   Ray's often-changing API.
 - ``local``: the trials one after another in this process (debugging, tests).
 
-Re-running the same command after Ctrl-C or a crash runs only what is not finished.
+Re-running the same command after Ctrl-C or a crash runs only what is not finished. A
+driver keeps the ``heartbeat_at`` of its running trials fresh (a background beat every
+``HEARTBEAT_EVERY`` seconds, besides each epoch); a trial left ``running`` with an older
+heartbeat than ``stale_after`` seconds was abandoned (the driver was killed) and is marked
+``interrupted`` and run again, while a fresh one belongs to another live grid and is
+skipped. Each attempt starts with an atomic claim in the store, so two grids sharing a
+store never run the same trial at once.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bench.errors import BenchError
 from bench.provenance import utcnow
 from bench.spec import StudySpec, TrialConfig
+from bench.store.base import FINISHED_STATUSES, STALE_AFTER, stale_before, stale_filter
 from bench.train import TrialResult, preflight, run_trial
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
 
-FINISHED = ("completed", "diverged")
+HEARTBEAT_EVERY = 30.0  # seconds between background heartbeats of running trials
 
 
 class Progress(Protocol):
@@ -46,34 +57,89 @@ class GridOptions:
 
 
 class Recorder:
-    """Writes each trial event to the store, from the driver, as it happens."""
+    """Writes each trial event to the store, from the driver, as it happens.
 
-    def __init__(self, store: ResultStore, study: str, total: int, progress: Progress | None = None):
+    ``started`` claims the trial in the store and returns False when another live grid
+    holds it (or, with ``skip_finished``, finished it meanwhile): its events are then
+    ignored. While trials run, a daemon thread refreshes their heartbeat every
+    ``heartbeat_every`` seconds; it stops by itself when none is left.
+    """
+
+    def __init__(
+        self,
+        store: ResultStore,
+        study: str,
+        total: int,
+        progress: Progress | None = None,
+        *,
+        stale_after: float = STALE_AFTER,
+        heartbeat_every: float = HEARTBEAT_EVERY,
+        skip_finished: bool = False,
+    ):
         self.store, self.study, self.progress = store, study, progress
-        self.counts = {"total": total, "done": 0, "running": 0, "completed": 0, "failed": 0, "diverged": 0}
+        self.stale_after, self.heartbeat_every, self.skip_finished = stale_after, heartbeat_every, skip_finished
+        self.counts = {"total": total, "done": 0, "running": 0, "completed": 0, "failed": 0, "diverged": 0, "skipped": 0}
         self.active: set[str] = set()
+        self.skipped: list[str] = []
+        self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def _tick(self) -> None:
         if self.progress is not None:
             self.progress.update(dict(self.counts))
 
-    def started(self, trial_id: str) -> None:
-        run = self.store.get_run(trial_id) or {}
+    def started(self, trial_id: str) -> bool:
         now = utcnow()
-        self.store.upsert_run(
+        claimed = self.store.claim_run(
             trial_id,
-            {"status": "running", "attempts": int(run.get("attempts") or 0) + 1, "started_at": now, "heartbeat_at": now,
-             "finished_at": None, "error": None},
+            {"started_at": now, "heartbeat_at": now, "finished_at": None, "error": None},
+            driver=self.driver,
+            stale_before=stale_before(self.stale_after),
+            skip_finished=self.skip_finished,
         )
-        self.active.add(trial_id)
-        self.counts["running"] = len(self.active)
+        if not claimed:
+            self.skipped.append(trial_id)
+            self.counts["skipped"] += 1
+            self._tick()
+            return False
+        with self._lock:
+            self.active.add(trial_id)
+            self.counts["running"] = len(self.active)
+            if self._beater is None or not self._beater.is_alive():
+                self._wake.clear()
+                self._beater = threading.Thread(target=self._beat, name="bench-heartbeat", daemon=True)
+                self._beater.start()
         self._tick()
+        return True
+
+    def _beat(self) -> None:
+        """Refreshes the heartbeat of every active trial until none is left."""
+        while True:
+            self._wake.wait(self.heartbeat_every)
+            with self._lock:
+                if not self.active:
+                    self._beater = None
+                    return
+                self._wake.clear()
+                trial_ids = sorted(self.active)
+            now = utcnow()
+            for trial_id in trial_ids:
+                try:
+                    self.store.upsert_run(trial_id, {"heartbeat_at": now})
+                except BenchError:
+                    pass  # a missed beat is harmless; the next one (or the epoch) retries
 
     def epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
+        if trial_id not in self.active:
+            return  # claimed by another grid
         self.store.upsert_metrics([{"run_id": trial_id, **metrics}])
         self.store.upsert_run(trial_id, {"heartbeat_at": utcnow()})
 
     def finished(self, trial_id: str, result: TrialResult) -> None:
+        if trial_id not in self.active:
+            return
         self.store.upsert_run(
             trial_id,
             {"status": result.status, "summary": result.summary, "error": result.error, "env": result.env, "finished_at": utcnow()},
@@ -86,20 +152,29 @@ class Recorder:
         self._close(trial_id, "failed")
 
     def _close(self, trial_id: str, status: str) -> None:
-        self.active.discard(trial_id)
-        self.counts["running"] = len(self.active)
+        with self._lock:
+            self.active.discard(trial_id)
+            self.counts["running"] = len(self.active)
+            if not self.active:
+                self._wake.set()  # the heartbeat thread ends now
         self.counts["done"] += 1
         self.counts[status] = self.counts.get(status, 0) + 1
         self._tick()
 
     def interrupt_unfinished(self) -> int:
         """Marks trials still running (Ctrl-C, driver crash) as interrupted so the next
-        run of the same command picks them up."""
-        for trial_id in self.active:
-            self.store.upsert_run(trial_id, {"status": "interrupted", "finished_at": utcnow()})
-        n = len(self.active)
-        self.active.clear()
-        return n
+        run of the same command picks them up; stops the heartbeat."""
+        with self._lock:
+            trial_ids = sorted(self.active)
+            self.active.clear()
+            self.counts["running"] = 0
+            self._wake.set()
+        if trial_ids:
+            self.store.update_runs(
+                {"_id": {"$in": trial_ids}, "status": "running", "driver": self.driver},
+                {"status": "interrupted", "finished_at": utcnow()},
+            )
+        return len(trial_ids)
 
 
 @dataclass
@@ -108,6 +183,9 @@ class GridPlan:
     trials: list[TrialConfig]
     todo: list[TrialConfig]
     cached: list[TrialConfig]
+    live: list[TrialConfig] = field(default_factory=list)  # running in another live grid: skipped
+    stale: list[TrialConfig] = field(default_factory=list)  # abandoned while running: re-run (in todo)
+    stale_after: float = STALE_AFTER
 
 
 def validate(trials: Sequence[TrialConfig]) -> None:
@@ -120,35 +198,64 @@ def validate(trials: Sequence[TrialConfig]) -> None:
             preflight(config)
 
 
-def plan(spec: StudySpec, store: ResultStore) -> GridPlan:
-    trials = spec.expand()
+def plan(spec: StudySpec, store: ResultStore, *, stale_after: float = STALE_AFTER) -> GridPlan:
+    """Which trials to run: all but the finished ones and those another live grid runs.
+
+    A trial ``running`` with no heartbeat for ``stale_after`` seconds is abandoned: it is
+    run again (``register`` marks it ``interrupted`` first).
+    """
+    if stale_after < 0:
+        raise BenchError(f"stale_after must be ≥ 0 seconds, got {stale_after}.")
+    from bench.tune import study_trials  # a tuned study's second phase follows from the store
+
+    trials = [config for _, config in study_trials(spec, store)]
     validate(trials)
     ids = [t.trial_id for t in trials]
+    threshold = stale_before(stale_after)
     done: set[str] = set()
+    running: set[str] = set()
+    stale: set[str] = set()
     for chunk in range(0, len(ids), 500):
-        runs = store.find_runs({"_id": {"$in": ids[chunk : chunk + 500]}, "status": {"$in": list(FINISHED)}})
-        done.update(r["_id"] for r in runs)
-    todo = [t for t in trials if t.trial_id not in done]
-    cached = [t for t in trials if t.trial_id in done]
-    return GridPlan(spec, trials, todo, cached)
+        block = {"$in": ids[chunk : chunk + 500]}
+        done.update(r["_id"] for r in store.find_runs({"_id": block, "status": {"$in": list(FINISHED_STATUSES)}}))
+        running.update(r["_id"] for r in store.find_runs({"_id": block, "status": "running"}))
+        stale.update(r["_id"] for r in store.find_runs({"$and": [{"_id": block}, stale_filter(threshold)]}))
+    live = running - stale
+    return GridPlan(
+        spec,
+        trials,
+        todo=[t for t in trials if t.trial_id not in done and t.trial_id not in live],
+        cached=[t for t in trials if t.trial_id in done],
+        live=[t for t in trials if t.trial_id in live],
+        stale=[t for t in trials if t.trial_id in stale],
+        stale_after=stale_after,
+    )
 
 
 def register(plan_: GridPlan, store: ResultStore) -> None:
-    """Records the study and its trials: finished ones gain this study's name; the others
-    are (re)queued as pending with their config."""
+    """Records the study and its trials: every trial gains this study's name; abandoned
+    ones are marked interrupted; new ones are queued as pending with their config.
+
+    Status changes are conditional writes, re-checked by the store: a trial another grid
+    started or finished since ``plan`` keeps its status.
+    """
     spec = plan_.spec
     store.save_study(
         spec.key,
         {**spec.to_dict(), "spec_hash": spec.spec_hash, "trial_ids": [t.trial_id for t in plan_.trials], "updated_at": utcnow()},
     )
-    for config in plan_.cached:
+    for config in [*plan_.cached, *plan_.live]:
         store.upsert_run(config.trial_id, {}, study=spec.key)
     for config in plan_.todo:
         store.upsert_run(
-            config.trial_id,
-            {"config": config.to_dict(), "derived": {"effective_lr": config.effective_lr}, "status": "pending"},
-            study=spec.key,
+            config.trial_id, {"config": config.to_dict(), "derived": {"effective_lr": config.effective_lr}}, study=spec.key
         )
+    threshold = stale_before(plan_.stale_after)
+    todo_ids = [t.trial_id for t in plan_.todo]
+    for chunk in range(0, len(todo_ids), 500):
+        block = {"$in": todo_ids[chunk : chunk + 500]}
+        store.update_runs({"$and": [{"_id": block}, stale_filter(threshold)]}, {"status": "interrupted", "finished_at": utcnow()})
+        store.update_runs({"_id": block, "status": {"$exists": False}}, {"status": "pending"})
 
 
 Executor = Callable[[list[TrialConfig], Recorder, GridOptions], None]
@@ -156,7 +263,8 @@ Executor = Callable[[list[TrialConfig], Recorder, GridOptions], None]
 
 def run_local(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -> None:
     for config in todo:
-        recorder.started(config.trial_id)
+        if not recorder.started(config.trial_id):
+            continue  # another grid runs it, or finished it meanwhile
         result = run_trial(
             config, lambda m, tid=config.trial_id: recorder.epoch(tid, m), data_dir=options.data_dir, device=options.device
         )
@@ -176,7 +284,7 @@ def run_grid(plan_: GridPlan, store: ResultStore, options: GridOptions, progress
     if options.executor not in EXECUTORS:
         raise BenchError(f"Unknown executor {options.executor!r}. Valid executors: {', '.join(EXECUTORS)}.")
     register(plan_, store)
-    recorder = Recorder(store, plan_.spec.key, len(plan_.todo), progress)
+    recorder = Recorder(store, plan_.spec.key, len(plan_.todo), progress, stale_after=plan_.stale_after, skip_finished=True)
     if not plan_.todo:
         return recorder
     try:

@@ -51,10 +51,18 @@ class TrialConfig:
     train_subset: int | None = None  # number of training images (a fixed subset), None = all
     val_subset: int | None = None  # number of validation images, None = all
     augment: str = "none"
+    # -- augmentation and loss options (bench/zoo/augment.py) ---------------------------
+    label_smoothing: float = 0.0  # ε of the cross-entropy's smoothed targets, any augment
+    mixup_alpha: float = 1.0  # augment=mixup / mixup-cutmix: λ ~ Beta(α, α)
+    cutmix_alpha: float = 1.0  # augment=cutmix / mixup-cutmix: λ ~ Beta(α, α)
+    autoaugment_policy: str = "cifar10"  # augment=autoaugment: imagenet | cifar10 | svhn
+    randaugment_ops: int = 2  # augment=randaugment: operations per image (N)
+    randaugment_magnitude: int = 9  # augment=randaugment: magnitude M, 0–30
+    # -- end of augmentation and loss options ----------------------------------------------
     # model
     arch: str = "cnn"
-    width: int | None = None  # base channels / hidden units; None = the architecture's default
-    depth: int | None = None  # layers (cnn, mlp) or 6n+2 (resnet); None = default
+    width: int | None = None  # base channels / hidden units / vit embedding dim; None = the architecture's default
+    depth: int | None = None  # layers (cnn, mlp), 6n+2 (resnet), 11|13|16|19 (vgg), blocks (vit); None = default
     norm: str = "bn"
     norm_groups: int = 8  # GroupNorm: number of groups
     norm_group_size: int | None = None  # GroupNorm: channels per group (overrides norm_groups)
@@ -72,6 +80,18 @@ class TrialConfig:
     train_only_norm: bool = False  # freeze every weight at init except the norm layers' γ and β
     agc_clip: float = 0.0  # adaptive gradient clipping λ (0: off); the classifier is not clipped
     nf_alpha: float = 0.2  # normalizer-free ResNet: residual branch scale α
+    # -- vision transformer (arch=vit; bench/zoo/archs/vit.py) -------------------------------
+    patch_size: int = 4  # pixels per side of a patch (one token); must divide the image size
+    vit_heads: int = 4  # attention heads; must divide width
+    vit_mlp_ratio: float = 2.0  # MLP hidden units per embedding dim
+    vit_pos_embed: str = "learned"  # learned | sincos (fixed 2-D sin-cos, MoCo v3)
+    vit_cls_token: bool = True  # classify from a class token (false: mean of the patch tokens)
+    vit_freeze_patch: bool = False  # MoCo v3: patch projection frozen at its random init
+    vit_conv_stem: bool = False  # LV-ViT: overlapping conv stem before the patch projection
+    vit_residual_scale: float = 1.0  # LV-ViT α: x + α·f(x) on every residual branch
+    drop_path: float = 0.0  # stochastic depth rate of the last block (linear from 0 in the first)
+    vit_mlp_head: bool = False  # a tanh hidden layer before the classifier (ViT pre-training head)
+    # -- end of vision transformer ---------------------------------------------------------
     # optimization
     optimizer: str = "sgd"
     lr: float = 0.05  # peak learning rate at lr_base_batch examples per step
@@ -192,6 +212,7 @@ class TrialConfig:
             )
         if self.wn_init and self.conv != "wn":
             raise ConfigError("wn_init=true is Weight Normalization's data-dependent initialization: it needs conv=wn.")
+        _check_vit_and_augment_options(self)
 
     # -- identity ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -291,6 +312,17 @@ OPTION_APPLIES: dict[str, Callable[[TrialConfig], bool]] = {
     "norm_virtual_batch": lambda c: c.norm == "bn-ghost",
     **{f"renorm_{k}": (lambda c: c.norm == "brn") for k in ("rmax", "dmax", "start", "rmax_at", "dmax_at")},
     "nf_alpha": lambda c: c.arch == "nf-resnet",
+    # vision transformer
+    **{name: (lambda c: c.arch == "vit") for name in (
+        "patch_size", "vit_heads", "vit_mlp_ratio", "vit_pos_embed", "vit_cls_token", "vit_freeze_patch", "vit_conv_stem",
+        "vit_residual_scale", "drop_path", "vit_mlp_head",
+    )},
+    # augmentation options
+    "mixup_alpha": lambda c: c.augment in ("mixup", "mixup-cutmix"),
+    "cutmix_alpha": lambda c: c.augment in ("cutmix", "mixup-cutmix"),
+    "autoaugment_policy": lambda c: c.augment == "autoaugment",
+    "randaugment_ops": lambda c: c.augment == "randaugment",
+    "randaugment_magnitude": lambda c: c.augment == "randaugment",
     # optimizer hyperparameters act only for the optimizers that read them
     "momentum": lambda c: c.optimizer in _MOMENTUM,
     "nesterov": lambda c: c.optimizer in _MOMENTUM,
@@ -313,6 +345,30 @@ OPTION_APPLIES: dict[str, Callable[[TrialConfig], bool]] = {
     "poly_power": lambda c: c.schedule == "poly",
     **{k: (lambda c: c.schedule == "one-cycle") for k in ("onecycle_pct", "onecycle_div", "onecycle_final_div")},
 }
+
+
+def _check_vit_and_augment_options(c: TrialConfig) -> None:
+    """Ranges of the vision-transformer and augmentation options (checks that need the
+    image size or the width, such as heads dividing width, run when the model is built)."""
+    from bench.zoo.archs.vit import POS_EMBEDS
+    from bench.zoo.augment import AUTOAUGMENT_POLICIES, MAGNITUDE_BINS
+
+    for name in ("patch_size", "vit_heads", "randaugment_ops"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"{name} must be a positive integer; got {name}={getattr(c, name)}.")
+    for name in ("vit_mlp_ratio", "vit_residual_scale", "mixup_alpha", "cutmix_alpha"):
+        value = getattr(c, name)
+        if not value > 0 or math.isinf(value):
+            raise ConfigError(f"{name} must be a finite number > 0; got {name}={value}.")
+    for name in ("drop_path", "label_smoothing"):
+        if not 0 <= getattr(c, name) < 1:
+            raise ConfigError(f"{name} must lie in [0, 1); got {name}={getattr(c, name)}.")
+    if not 0 <= c.randaugment_magnitude < MAGNITUDE_BINS:
+        raise ConfigError(f"randaugment_magnitude must lie in 0–{MAGNITUDE_BINS - 1}; got {c.randaugment_magnitude}.")
+    if c.vit_pos_embed not in POS_EMBEDS:
+        raise UnknownNameError("vit_pos_embed", c.vit_pos_embed, POS_EMBEDS)
+    if c.autoaugment_policy not in AUTOAUGMENT_POLICIES:
+        raise UnknownNameError("autoaugment_policy", c.autoaugment_policy, AUTOAUGMENT_POLICIES)
 
 
 def from_mapping(values: Mapping[str, Any]) -> TrialConfig:
@@ -349,7 +405,6 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
 SPEC_KEYS = ("name", "description", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report", "profiles")
 PROFILE_KEYS = ("description", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report")
 TUNE_KEYS = ("over", "metric", "seeds", "higher_is_better")
-REPORT_KEYS = ("kind", "rows", "columns", "metric", "plot", "title", "higher_is_better", "references")
 
 
 @dataclass(frozen=True)
@@ -503,7 +558,6 @@ def load_spec(
     _check_keys(base, CONFIG_FIELDS, "base config")
     _check_keys(axes, CONFIG_FIELDS, "axis")
     _check_keys(zipped, CONFIG_FIELDS, "zip")
-    _check_keys(report, REPORT_KEYS, "report")
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ConfigError("variants must map a name to config values, e.g. variants: {gn+ws: {norm: gn, conv: ws}}.")
     for name, values in variants.items():
@@ -521,6 +575,7 @@ def load_spec(
         axes.pop(key, None)
         zipped.pop(key, None)
         base[key] = value
+    _check_report(report, {"axes": axes, "zip": zipped, "variants": variants, "base": base}, str(doc.get("name") or path.stem))
     seeds = _seeds(prof if ("repeats" in prof or "seeds" in prof) else doc)
     if "seed" in overrides:
         seeds = (int(overrides["seed"]),)
@@ -567,6 +622,16 @@ def _tune(tune: Any, variants: Mapping[str, Any], axes: Mapping[str, Any]) -> di
         raise ConfigError(f"tune.seeds must be a non-empty list of integers; got {seeds!r}.")
     return {"over": over, "metric": tune.get("metric", "final_val_acc"), "seeds": list(seeds),
             "higher_is_better": bool(tune.get("higher_is_better", True))}
+
+
+def _check_report(report: Any, study: Mapping[str, Any], name: str) -> None:
+    """The report section's schema lives with the reports (bench/report/schema.py)."""
+    from bench.report.schema import parse_report
+
+    try:
+        parse_report(report, study)
+    except ConfigError as exc:
+        raise ConfigError(f"Study {name!r}: {exc}") from None
 
 
 def _seeds(doc: Mapping[str, Any]) -> tuple[int, ...]:

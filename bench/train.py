@@ -35,7 +35,7 @@ from bench.spec import TrialConfig
 from bench.zoo import mimic
 from bench.zoo.agc import clip_gradients
 from bench.zoo.archs import ARCHS
-from bench.zoo.augment import AUGMENTS
+from bench.zoo.augment import AUGMENTS, Augment, AugmentContext, target_classes, value_range
 from bench.zoo.convs import ConvFactory, weight_norm_data_init
 from bench.zoo.norms import NormFactory, RenormSchedule, is_norm_module
 from bench.zoo.lawn import Lawn, final_layer_weights
@@ -82,13 +82,22 @@ def norm_factory(config: TrialConfig) -> NormFactory:
     )
 
 
+# Architecture-specific config fields, passed to the architecture's builder under the same names.
+ARCH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "nf-resnet": ("nf_alpha",),
+    "vit": (
+        "patch_size", "vit_heads", "vit_mlp_ratio", "vit_pos_embed", "vit_cls_token", "vit_freeze_patch", "vit_conv_stem",
+        "vit_residual_scale", "drop_path", "vit_mlp_head",
+    ),
+}
+
+
 def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
     """The architecture with the config's norm and conv; options left unset take the
     builder's defaults. Model-level techniques are applied here: MimicNorm (centred convs
     and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
     options: dict[str, Any] = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
-    if config.arch == "nf-resnet":
-        options["nf_alpha"] = config.nf_alpha
+    options.update({name: getattr(config, name) for name in ARCH_OPTIONS.get(config.arch, ())})
     norm, conv = norm_factory(config), ConvFactory(config.conv)
     if config.norm == "mimic":
         if config.conv != "standard":
@@ -105,6 +114,29 @@ def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
     if config.train_only_norm:
         freeze_all_but_norms(model)
     return model
+
+
+def build_augment(
+    config: TrialConfig, image_size: int, num_classes: int, pixel_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+) -> Augment:
+    """The config's augmentation, ``(images, labels, generator) -> (images, targets)``;
+    ``pixel_range`` is the training images' per-channel (min, max), from :func:`value_range`
+    (None: build only, to validate the options). Mixing augmentations return class probabilities as targets:
+    the training loss is the cross-entropy against them, and the training accuracy counts
+    a prediction correct when it is the target's most probable class (the dominant label)."""
+    low, high = pixel_range if pixel_range is not None else (None, None)
+    context = AugmentContext(
+        image_size=image_size,
+        num_classes=num_classes,
+        low=low,
+        high=high,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
+        autoaugment_policy=config.autoaugment_policy,
+        randaugment_ops=config.randaugment_ops,
+        randaugment_magnitude=config.randaugment_magnitude,
+    )
+    return AUGMENTS.get(config.augment)(context)
 
 
 def freeze_all_but_norms(model: nn.Module) -> None:
@@ -187,6 +219,7 @@ def preflight(config: TrialConfig) -> None:
             f"{config.dataset}{' after train_subset' if config.train_subset else ''}); no full batch fits."
         )
     steps = steps_per_epoch(config, train_size)
+    build_augment(config, source.image_size, source.num_classes)
     with torch.device("meta"):
         model = build_model(config, source)
         optimizer = build_optimizer(config, model, steps)
@@ -258,7 +291,7 @@ def _train(
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data.train_x)} training images.")
     optimizer = build_optimizer(config, model, steps)
     scheduler = build_schedule(config, optimizer, steps)
-    augment = AUGMENTS.get(config.augment)(data.image_size)
+    augment = build_augment(config, data.image_size, data.num_classes, value_range(data.train_x))
     gen = torch.Generator(device=device).manual_seed(config.seed)
     if config.wn_init:
         # the paper initializes on one minibatch; a larger one (up to 512) gives steadier statistics
@@ -285,10 +318,9 @@ def _train(
         lr_now = optimizer.param_groups[0]["lr"]
         for i in range(steps):
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            x = augment(data.train_x[idx], gen)
-            y = data.train_y[idx]
+            x, target = augment(data.train_x[idx], data.train_y[idx], gen)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])))
@@ -307,7 +339,7 @@ def _train(
             step += 1
             loss_sum += loss.detach()
             grad_sum += grad_norm.detach()
-            correct += (logits.argmax(1) == y).sum()
+            correct += (logits.argmax(1) == target_classes(target)).sum()
         _sync(device)
         seconds = time.perf_counter() - t0
         train_seconds += seconds

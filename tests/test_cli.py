@@ -77,8 +77,8 @@ def test_dry_run_prints_trials_and_an_estimate_and_writes_nothing(spec, store_pa
         (["--set", "batch_size=0"], "batch_size must be a positive integer; got batch_size=0"),
         (["--set", "norm=gn", "--set", "norm_groups=3"], "norm_groups=3 cannot split a layer of 8 channels"),
         (["--set", "lr=-0.1"], "lr must be a finite number ≥ 0"),
-        (["--set", "optimizer=lion"], "Unknown optimizer 'lion'. Valid optimizer names: adam, adamw, sgd."),
-        (["--set", "arch=vgg"], "Unknown arch 'vgg'. Valid arch names: cnn, mlp, nf-resnet, resnet."),
+        (["--set", "optimizer=lion"], "Unknown optimizer 'lion'. Valid optimizer names: adabound, adadelta, adagrad, adam, adamw, adax, lamb, lars, nadam, rmsprop, sgd."),
+        (["--set", "arch=densenet"], "Unknown arch 'densenet'. Valid arch names: cnn, mlp, nf-resnet, resnet, vgg, vit."),
         (["--set", "dataset=imagenet"], "Unknown dataset 'imagenet'."),
         (["--set", "schedule=cyclic"], "Unknown schedule 'cyclic'."),
         (["--set", "batchsize=8"], "Unknown config key 'batchsize'."),
@@ -218,3 +218,17 @@ def test_ray_grid_runs_trials_side_by_side_and_resumes(spec, store_path, tmp_pat
     assert (tmp_path / "tiny.md").exists()
     result = invoke("grid", str(spec), "--reports-dir", str(tmp_path))
     assert result.exit_code == 0 and "0 to run" in result.output
+
+
+def test_zoo_plots_schedules(tmp_path):
+    out = tmp_path / "lr.png"
+    result = invoke("zoo", "schedules", "--plot", "sgdr", "--plot", "one-cycle", "--epochs", "7", "--steps-per-epoch", "10",
+                    "--set", "lr=0.1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 5000 and out.read_bytes()[:4] == b"\x89PNG"
+    bad = invoke("zoo", "schedules", "--plot", "sgdr", "--set", "sgdr_t_mult=0.5", "--out", str(out))
+    assert bad.exit_code == 1 and "sgdr_t_mult ≥ 1" in bad.output and "Traceback" not in bad.output
+    unknown = invoke("zoo", "schedules", "--plot", "triangle")
+    assert unknown.exit_code == 1 and "Valid schedule names" in unknown.output
+    wrong_kind = invoke("zoo", "norms", "--plot", "sgdr")
+    assert wrong_kind.exit_code == 1 and "bench zoo schedules --plot" in wrong_kind.output

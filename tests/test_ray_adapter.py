@@ -77,6 +77,11 @@ def test_callback_forwards_events_and_survives_pickling():
         def upsert_run(self, run_id, fields, study=None):
             self.runs.setdefault(run_id, {}).update(fields)
 
+        def claim_run(self, run_id, fields, *, driver, stale_before, skip_finished=True):
+            run = self.runs.setdefault(run_id, {})
+            run.update(fields, status="running", driver=driver, attempts=run.get("attempts", 0) + 1)
+            return True
+
         def upsert_metrics(self, docs):
             self.metrics += docs
 

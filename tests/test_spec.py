@@ -59,6 +59,12 @@ def test_defaults_and_ids_are_pinned():
         "rmsprop_alpha": 0.99, "adadelta_rho": 0.9, "adax_beta2": 1e-4, "adabound_final_lr": 0.1,
         "adabound_gamma": 0.001, "lawn": False, "lawn_free_epochs": 1.0, "lawn_layers": 1, "sgdr_t0": 1.0,
         "sgdr_t_mult": 2.0, "poly_power": 2.0, "onecycle_pct": 0.3, "onecycle_div": 25.0, "onecycle_final_div": 10000.0,
+    } | {
+        # augmentation and loss options; vision transformer
+        "label_smoothing": 0.0, "mixup_alpha": 1.0, "cutmix_alpha": 1.0, "autoaugment_policy": "cifar10",
+        "randaugment_ops": 2, "randaugment_magnitude": 9, "patch_size": 4, "vit_heads": 4, "vit_mlp_ratio": 2.0,
+        "vit_pos_embed": "learned", "vit_cls_token": True, "vit_freeze_patch": False, "vit_conv_stem": False,
+        "vit_residual_scale": 1.0, "drop_path": 0.0, "vit_mlp_head": False,
     }
     assert TrialConfig().trial_id == "44136fa355b3678a"
     # options that do nothing for a trial do not change its id
