@@ -306,7 +306,11 @@ def train(
             if recorder:
                 recorder.epoch(config.trial_id, m)
 
-        result = run_trial(config, on_epoch, data_dir=data_dir, device=device)
+        def on_steps(records: list[dict[str, Any]]) -> None:
+            if recorder:
+                recorder.steps(config.trial_id, records)
+
+        result = run_trial(config, on_epoch, data_dir=data_dir, device=device, report_steps=on_steps)
         if recorder:
             recorder.finished(config.trial_id, result)
     finally:

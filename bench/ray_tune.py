@@ -4,7 +4,8 @@ Ray's API has changed often across versions; every Ray call of the project is he
 the trainer runs and is tested without Ray, and a Ray upgrade touches one file.
 
 One Tune trial per TrialConfig (a grid search over trial ids). Each trial reports one
-result per epoch and a final one; a driver-side :class:`ray.tune.Callback` forwards them
+result per epoch (preceded, with ``log_steps``, by one carrying that epoch's step records)
+and a final one; a driver-side :class:`ray.tune.Callback` forwards them
 to the :class:`~bench.schedule.Recorder`, which writes to the store as results come.
 """
 
@@ -54,6 +55,8 @@ class StoreCallback(tune.Callback):
         trial_id = trial.config["trial_id"]
         if result.get("event") == "epoch":
             self.recorder.epoch(trial_id, dict(result["metrics"]))
+        elif result.get("event") == "steps":
+            self.recorder.steps(trial_id, list(result["steps"]))
         elif result.get("event") == "final":
             outcome = TrialResult(
                 status=result["status"], summary=dict(result["summary"]), error=result.get("error"), env=dict(result.get("env") or {})
@@ -73,7 +76,13 @@ def _trainable(params: dict[str, Any], configs: dict[str, TrialConfig], data_dir
     threads = int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     torch.set_num_threads(max(1, threads))
     config = configs[params["trial_id"]]
-    result = run_trial(config, lambda m: tune.report({"event": "epoch", "metrics": m}), data_dir=data_dir, device=device)
+    result = run_trial(
+        config,
+        lambda m: tune.report({"event": "epoch", "metrics": m}),
+        data_dir=data_dir,
+        device=device,
+        report_steps=lambda steps: tune.report({"event": "steps", "steps": steps}),
+    )
     tune.report(
         {"event": "final", "status": result.status, "summary": result.summary, "error": result.error, "env": result.env}
     )

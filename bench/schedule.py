@@ -137,6 +137,11 @@ class Recorder:
         self.store.upsert_metrics([{"run_id": trial_id, **metrics}])
         self.store.upsert_run(trial_id, {"heartbeat_at": utcnow()})
 
+    def steps(self, trial_id: str, records: list[dict[str, Any]]) -> None:
+        if trial_id not in self.active:
+            return
+        self.store.upsert_steps(trial_id, records)
+
     def finished(self, trial_id: str, result: TrialResult) -> None:
         if trial_id not in self.active:
             return
@@ -266,7 +271,11 @@ def run_local(todo: list[TrialConfig], recorder: Recorder, options: GridOptions)
         if not recorder.started(config.trial_id):
             continue  # another grid runs it, or finished it meanwhile
         result = run_trial(
-            config, lambda m, tid=config.trial_id: recorder.epoch(tid, m), data_dir=options.data_dir, device=options.device
+            config,
+            lambda m, tid=config.trial_id: recorder.epoch(tid, m),
+            data_dir=options.data_dir,
+            device=options.device,
+            report_steps=lambda s, tid=config.trial_id: recorder.steps(tid, s),
         )
         recorder.finished(config.trial_id, result)
 

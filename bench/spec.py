@@ -130,6 +130,9 @@ class TrialConfig:
     seed: int = 0
     # divergence: the loss is NaN/inf, or above diverge_factor × the first step's loss
     diverge_factor: float = 10.0
+    # instrumentation: record every optimizer step (loss, batch accuracy, gradient norms,
+    # lr) in the store and the run's stability metrics in its summary
+    log_steps: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -34,7 +34,9 @@ from bench.provenance import environment
 from bench.spec import TrialConfig
 from bench.zoo import mimic
 from bench.zoo.agc import clip_gradients
-from bench.zoo.archs import ARCHS
+from bench.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
+from bench.stability import StabilityParams
+from bench.zoo.archs import ARCHS, first_layer
 from bench.zoo.augment import AUGMENTS, Augment, AugmentContext, target_classes, value_range
 from bench.zoo.convs import ConvFactory, weight_norm_data_init
 from bench.zoo.norms import NormFactory, RenormSchedule, is_norm_module
@@ -258,14 +260,17 @@ def run_trial(
     data: Splits | None = None,
     data_dir: str | None = None,
     device: str | None = None,
+    report_steps: StepReport | None = None,
 ) -> TrialResult:
-    """Train one trial to the end of its budget; never raises."""
+    """Train one trial to the end of its budget; never raises. ``report`` gets each
+    epoch's metrics; with ``config.log_steps``, ``report_steps`` gets the per-step records
+    (once per epoch, before that epoch's metrics, and at divergence)."""
     result = TrialResult(status="failed")
     started = time.perf_counter()
     try:
         chosen = pick_device(device)
         result.env = environment(str(chosen))
-        _train(config, result, report or (lambda _: None), data, data_dir, chosen)
+        _train(config, result, report or (lambda _: None), report_steps or (lambda _: None), data, data_dir, chosen)
     except Exception:  # noqa: BLE001 - any failure is a trial outcome, the grid goes on
         result.status = "failed"
         result.error = traceback.format_exc()
@@ -277,6 +282,7 @@ def _train(
     config: TrialConfig,
     result: TrialResult,
     report: Report,
+    report_steps: StepReport,
     data: Splits | None,
     data_dir: str | None,
     device: torch.device,
@@ -303,6 +309,7 @@ def _train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    steplog = StepLog(report_steps, first_layer(model)) if config.log_steps else None
     first_loss: float | None = None
     step = 0
     best_val = -math.inf
@@ -323,23 +330,27 @@ def _train(
             loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])))
+            grad_norm = gradient_norm(params)
             if config.agc_clip > 0:
                 clip_gradients(model, config.agc_clip)
             value = loss.item()
             if first_loss is None:
                 first_loss = value
+            hits = (logits.argmax(1) == target_classes(target)).sum()
+            if steplog is not None:
+                steplog.record(step, epoch, value, hits, len(idx), grad_norm, optimizer.param_groups[0]["lr"])
             if not math.isfinite(value) or value > config.diverge_factor * max(first_loss, 1e-8):
                 result.status = "diverged"
                 summary.update(diverged_step=step, diverged_epoch=epoch, diverged_loss=value if math.isfinite(value) else None)
                 summary.update(_final(result.epochs, best_val, step, train_seconds, device))
+                _close_steplog(steplog, config, summary)
                 return
             optimizer.step()
             scheduler.step()
             step += 1
             loss_sum += loss.detach()
             grad_sum += grad_norm.detach()
-            correct += (logits.argmax(1) == target_classes(target)).sum()
+            correct += hits
         _sync(device)
         seconds = time.perf_counter() - t0
         train_seconds += seconds
@@ -360,9 +371,22 @@ def _train(
             "peak_mem_mb": _peak_memory_mb(device),
         }
         result.epochs.append(metrics)
+        if steplog is not None:
+            steplog.flush()  # the epoch's steps land before its metrics
         report(metrics)
     result.status = "completed"
     summary.update(_final(result.epochs, best_val, step, train_seconds, device))
+    _close_steplog(steplog, config, summary)
+
+
+def _close_steplog(steplog: StepLog | None, config: TrialConfig, summary: dict[str, Any]) -> None:
+    """Flushes the last steps and adds the run's stability metrics to its summary
+    (the divergence rule is the trainer's own, so its factor is the config's)."""
+    if steplog is None:
+        return
+    steplog.flush()
+    metrics = steplog.stability(StabilityParams(diverge_factor=config.diverge_factor))
+    summary.update({k: metrics[k] for k in SUMMARY_KEYS if metrics.get(k) is not None})
 
 
 def _final(epochs: list[dict[str, Any]], best_val: float, step: int, train_seconds: float, device: torch.device) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_callback_forwards_events_and_survives_pickling():
         kind, location = "mem", "-"
 
         def __init__(self):
-            self.runs, self.metrics = {}, []
+            self.runs, self.metrics, self.steps = {}, [], []
 
         def get_run(self, run_id):
             return self.runs.get(run_id)
@@ -85,6 +85,9 @@ def test_callback_forwards_events_and_survives_pickling():
         def upsert_metrics(self, docs):
             self.metrics += docs
 
+        def upsert_steps(self, run_id, steps):
+            self.steps += [(run_id, s) for s in steps]
+
     class Trial:
         config = {"trial_id": "abc"}
 
@@ -92,9 +95,11 @@ def test_callback_forwards_events_and_survives_pickling():
     recorder = Recorder(store, "s", 1)
     callback = adapter.StoreCallback(recorder)
     callback.on_trial_start(0, [], Trial())
+    callback.on_trial_result(0, [], Trial(), {"event": "steps", "steps": [{"step": 0, "loss": 2.3}, {"step": 1, "loss": 2.2}]})
     callback.on_trial_result(0, [], Trial(), {"event": "epoch", "metrics": {"epoch": 1, "val_acc": 0.5}})
     callback.on_trial_result(0, [], Trial(), {"event": "final", "status": "completed", "summary": {"x": 1}, "error": None, "env": {}})
     assert store.metrics == [{"run_id": "abc", "epoch": 1, "val_acc": 0.5}]
+    assert store.steps == [("abc", {"step": 0, "loss": 2.3}), ("abc", {"step": 1, "loss": 2.2})]
     assert store.runs["abc"]["status"] == "completed" and store.runs["abc"]["attempts"] == 1
     assert recorder.counts["completed"] == 1 and not recorder.active
     # Tune pickles its run config; the copy drops the driver-only recorder
