@@ -165,6 +165,8 @@ SECTION_CASES = {
     "ranking-best-of": ({"kind": "ranking", "best_of": "batch_size", "per": ["norm"]}, {"baseline": {"norm": "bn"}}),
     "time-to-accuracy": ({"kind": "time-to-accuracy", "target": 0.8, "columns": "batch_size"}, {}),
     "time-to-accuracy-list": ({"kind": "time-to-accuracy", "target": 0.85, "by": ["norm", "batch_size"]}, {}),
+    # no per-step records here: the section says so (tests/test_stability_section.py has the curves)
+    "stability": ({"kind": "stability", "group": "norm", "rows": "batch_size"}, {}),
 }
 
 
@@ -200,6 +202,20 @@ def test_pivot_compares_with_the_baseline_in_the_same_column(frame, epochs):
     assert gn2["delta"] == pytest.approx(5.0) and gn2["pairs"] == 2
     assert numbers.loc[("bn", 2), "is_baseline"] and "baseline `norm=bn`" not in built.text
     assert "Δ: difference from the baseline cell (`norm=bn` with the same batch_size)" in built.text
+
+
+def test_pivot_rows_may_combine_several_columns(frame, epochs):
+    built = build_section({"kind": "pivot", "rows": ["norm", "batch_size"], "columns": "epochs"}, frame, epochs,
+                          baseline={"norm": "bn"})
+    lines = [line for line in built.text.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| norm, batch_size \\ epochs |")
+    # one row per combination, in the spec's order of each key (norm slowest)
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["bn, 2", "bn, 8", "gn, 2", "gn, 8", "ln, 2", "ln, 8"]
+    numbers = next(iter(built.tables.values())).numbers.set_index(["norm", "batch_size", "epochs"])
+    # the baseline is matched on the other row key: gn at batch 2 against bn at batch 2
+    assert numbers.loc[("gn", 2, 3), "delta"] == pytest.approx(5.0)
+    study = {**STUDY, "report": {"sections": [{"kind": "pivot", "rows": ["norm", "batch_size"], "columns": "epochs"}]}}
+    assert parse_report(study["report"], study).sections[0].title == "Final validation accuracy (%): norm × batch_size × epochs"
 
 
 def test_a_baseline_on_a_column_the_table_does_not_show_is_stated(frame, epochs):

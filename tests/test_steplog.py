@@ -114,4 +114,11 @@ def test_the_local_executor_stores_the_steps(tmp_path):
     assert {"loss", "acc", "grad_norm", "first_grad_norm", "lr", "epoch"} <= set(frame.columns)
     run = store.get_run(config.trial_id)
     assert run["status"] == "completed" and "loss_spikes" in run["summary"]
+    # and the Python API reads them back joined with the run's config
+    import bench
+
+    joined = bench.load_results(study="s", store=store, steps=True)
+    assert len(joined) == 32 and set(joined["batch_size"]) == {32} and set(joined["arch"]) == {"cnn"}
+    with pytest.raises(ValueError, match="not both"):
+        bench.load_results(study="s", store=store, steps=True, metrics=True)
     store.close()

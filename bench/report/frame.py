@@ -58,12 +58,14 @@ def load_results(
     *,
     store: Any = None,
     metrics: bool = False,
+    steps: bool = False,
 ) -> pd.DataFrame:
     """Runs as a DataFrame, optionally restricted to a study and a MongoDB-style filter.
 
     ``store`` is a ResultStore, a URI/path, or None (``BENCH_MONGO_URI`` / ``BENCH_STORE``
     / the default embedded file). With ``metrics=True`` returns the per-epoch metrics of
-    those runs joined with their config instead.
+    those runs joined with their config instead; with ``steps=True`` the per-step records
+    of those that logged them (``log_steps``), joined the same way.
     """
     from bench.store import open_store
 
@@ -75,13 +77,21 @@ def load_results(
             query = {"$and": [query, {"study": study}]} if query else {"study": study}
         runs = handle.find_runs(query)
         frame = runs_frame(runs)
-        if not metrics:
+        if metrics and steps:
+            raise ValueError("load_results takes metrics=True or steps=True, not both: they are rows of different things.")
+        if not (metrics or steps):
             return frame
-        epochs = metrics_frame(handle.find_metrics([r["_id"] for r in runs]))
-        if epochs.empty:
-            return epochs
-        keep = [c for c in frame.columns if c not in epochs.columns or c == "run_id"]
-        return epochs.merge(frame[keep], on="run_id", how="left")
+        ids = [r["_id"] for r in runs]
+        if metrics:
+            rows = metrics_frame(handle.find_metrics(ids))
+        else:
+            from bench.store.steps import steps_frame
+
+            rows = steps_frame(handle.find_steps(ids))
+        if rows.empty:
+            return rows
+        keep = [c for c in frame.columns if c not in rows.columns or c == "run_id"]
+        return rows.merge(frame[keep], on="run_id", how="left")
     finally:
         if owned:
             handle.close()

@@ -20,7 +20,8 @@ from bench.report.tables import (
 )
 
 OPTIONS = {
-    "rows": Option("the column whose values are the rows", "key", "norm"),
+    "rows": Option("the column whose values are the rows, or several columns (one row per combination of their values)",
+                   "keys", "norm"),
     "columns": Option("the column whose values are the columns", "key", "batch_size"),
     "metric": Option("the run metric shown (default: the report's metric)", "metric"),
     "references": Option("published numbers shown beside the table: [{source, values, metric, columns, note}]", "references"),
@@ -28,23 +29,36 @@ OPTIONS = {
 
 
 def _title(options: Mapping[str, Any]) -> str:
-    return f"{run_metric(options['metric']).title()}: {options['rows']} × {options['columns']}"
+    return f"{run_metric(options['metric']).title()}: {' × '.join(_row_keys(options))} × {options['columns']}"
+
+
+def _row_keys(options: Mapping[str, Any]) -> list[str]:
+    rows = options["rows"]
+    return [rows] if isinstance(rows, str) else list(rows)
 
 
 @section_kind("pivot", "a run metric as a rows × columns table, with the paired difference from the baseline", options=OPTIONS, title=_title)
 def pivot(section: SectionInput) -> SectionOutput:
     o = section.options
-    rows, columns = o["rows"], o["columns"]
+    row_keys, columns = _row_keys(o), o["columns"]
     metric = metric_of(o)
-    agg = aggregate(section.runs, [rows, columns], metric.name, ci=o["ci"], level=1 - o["alpha"])
+    keys = [*row_keys, columns]
+    agg = aggregate(section.runs, keys, metric.name, ci=o["ci"], level=1 - o["alpha"])
     if agg.empty:
         return SectionOutput("_No runs yet._\n")
-    keys = [rows, columns]
     agg = sort_cells(agg, keys, section.study)
     comparing = baseline_applies(o["baseline"], keys)
     if comparing:
         agg = compare(agg, keys, o["baseline"], ci=o["ci"], level=1 - o["alpha"], alpha=o["alpha"], correction=o["correction"])
-    layout = dict(row_order=axis_order(section.study, rows), column_order=axis_order(section.study, columns), ci=o["ci"] != "none")
+    if len(row_keys) == 1:
+        rows = row_keys[0]
+        row_order = axis_order(section.study, rows)
+    else:
+        # one row per combination, labelled "v1, v2", in the spec's order of each key (sort_cells)
+        rows = ", ".join(row_keys)
+        agg = agg.assign(**{rows: [", ".join(str(v) for v in values) for values in agg[row_keys].itertuples(index=False)]})
+        row_order = list(dict.fromkeys(agg[rows]))
+    layout = dict(row_order=row_order, column_order=axis_order(section.study, columns), ci=o["ci"] != "none")
     direction = "highest" if metric.higher_is_better else "lowest"
     out = [
         markdown_table(pivot_frame(agg, rows, columns, metric, style=MARKDOWN, **layout)),
