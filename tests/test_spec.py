@@ -52,7 +52,7 @@ def test_defaults_and_ids_are_pinned():
         "agc_clip": 0.0, "nf_alpha": 0.2, "optimizer": "sgd",
         "lr": 0.05, "lr_scaling": "linear", "lr_base_batch": 32, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
         "beta1": 0.9, "beta2": 0.999, "schedule": "cosine", "warmup_epochs": 0.0, "lr_milestones": [0.5, 0.75],
-        "lr_gamma": 0.1, "batch_size": 32, "epochs": 5, "seed": 0, "diverge_factor": 10.0,
+        "lr_gamma": 0.1, "batch_size": 32, "epochs": 5, "seed": 0, "diverge_factor": 10.0, "log_steps": False,
     } | {
         # optimizer and schedule options
         "optimizer_eps": None, "weight_decay_mode": "native", "wd_exclude_1d": False, "lars_eta": 0.001,

@@ -7,6 +7,14 @@ decorator on its builder::
     @section_kind("pivot", "rows × columns table of a run metric", options={"rows": Option(...)})
     def pivot(section: SectionInput) -> SectionOutput: ...
 
+A kind that reads the per-epoch metrics says ``per_epoch=True`` (the ``curves`` and
+``time-to-accuracy`` kinds); one that reads the per-step records of runs trained with
+``log_steps: true`` says ``per_step=True`` (the ``stability`` kind). The writer fetches
+those from the store only when a section of the report needs them.
+
+The kinds: ``pivot``, ``scaling``, ``curves``, ``ranking``, ``time-to-accuracy`` and
+``stability``, one module each under ``bench/report/sections/``.
+
 The spec's ``report.sections`` are validated against these declarations (see
 :mod:`bench.report.schema`), so a new kind is one module under ``bench/report/sections/``.
 """
@@ -33,9 +41,10 @@ OPTION_TYPES = (
     "metric",  # a run metric (one number per trial)
     "epoch-metric",  # a per-epoch metric
     "number",
-    "integer",  # a positive integer
+    "integer",  # an integer ≥ the option's `minimum` (1 unless it says: a positive integer)
     "bool",
     "choice",  # one of `choices`
+    "choices",  # a list of `choices` (a single one is accepted), each at most once
     "where",  # {key: value or [values]}
     "baseline",  # {key: value}, or null for no comparison
     "references",  # published numbers: [{source, values, metric?, columns?, note?}]
@@ -49,10 +58,17 @@ class Option:
     default: Any = None
     choices: tuple[Any, ...] = ()
     required: bool = False
+    minimum: int = 1  # the smallest value of an `integer` (0 for a seed or a count that may be none)
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option type {self.type!r} is not one of {OPTION_TYPES}")
+
+
+def _no_steps() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(columns=["run_id", "step"])
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,10 @@ class SectionInput:
     """What a builder gets. ``runs`` has one row per trial of the study (trials never run
     included, status ``pending``), with a ``variant`` column when the study has variants,
     already restricted by the section's ``where``; ``epochs`` has one row per (run, epoch)
-    of those runs (empty when no section asks for per-epoch data)."""
+    of those runs (empty when no section asks for per-epoch data); ``steps`` has one row
+    per (run, optimizer step) of those runs (:func:`bench.store.steps.steps_frame`:
+    ``run_id``, ``step``, ``epoch``, ``loss``, ``acc``, ``grad_norm``,
+    ``first_grad_norm``, ``lr``), empty unless the section's kind is ``per_step``."""
 
     study: Mapping[str, Any]  # the spec as a dict (StudySpec.to_dict())
     runs: pd.DataFrame
@@ -68,6 +87,7 @@ class SectionInput:
     options: Mapping[str, Any]  # validated, defaults filled in, report-level settings resolved
     title: str  # the section's heading
     files: str  # path stem of this section's files, relative to the report: "study/pivot-final_val_acc"
+    steps: pd.DataFrame = field(default_factory=_no_steps)  # last, so positional call sites keep working
 
 
 @dataclass
@@ -87,6 +107,7 @@ class SectionKind:
     per_epoch: bool = False  # needs the per-epoch metrics
     default_title: Callable[[Mapping[str, Any]], str] = lambda options: ""
     check: Callable[[str, Mapping[str, Any]], None] = lambda where, options: None  # raises ConfigError
+    per_step: bool = False  # needs the per-step records (runs trained with log_steps)
 
 
 SECTIONS: Registry[SectionKind] = Registry("report section kind")
@@ -100,13 +121,15 @@ def section_kind(
     per_epoch: bool = False,
     title: Callable[[Mapping[str, Any]], str] = lambda options: "",
     check: Callable[[str, Mapping[str, Any]], None] = lambda where, options: None,
+    per_step: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Registers ``build`` as the section kind ``name``: ``options`` it takes beyond the
-    common ones, whether it reads per-epoch metrics, its default heading from its resolved
-    options, and a ``check(where, options)`` of what the option types cannot say."""
+    common ones, whether it reads per-epoch metrics or per-step records, its default
+    heading from its resolved options, and a ``check(where, options)`` of what the option
+    types cannot say."""
 
     def deco(build: Builder) -> Builder:
-        SECTIONS.register(name, description)(SectionKind(build, dict(options), per_epoch, title, check))
+        SECTIONS.register(name, description)(SectionKind(build, dict(options), per_epoch, title, check, per_step))
         return build
 
     return deco

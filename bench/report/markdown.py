@@ -1,6 +1,6 @@
-"""The markdown report of a study. Pure: a study description, the runs and per-epoch
-DataFrames and a provenance mapping in; markdown text, named figures and exportable
-tables out.
+"""The markdown report of a study. Pure: a study description, the runs, per-epoch and
+per-step DataFrames and a provenance mapping in; markdown text, named figures and
+exportable tables out.
 
 A report is the study's set-up (with what its budget holds equal), then its sections in
 the spec's order, each built by its kind (:mod:`bench.report.sections`), then the outcome
@@ -40,15 +40,19 @@ def build_report(
     provenance: Mapping[str, Any],
     epochs: pd.DataFrame | None = None,
     *,
+    steps: pd.DataFrame | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Report:
     """``frame``: one row per trial (:func:`bench.report.frame.runs_frame`, trials never run
     included as ``pending``); ``epochs``: one row per (run, epoch)
-    (:func:`bench.report.frame.metrics_frame`), needed by the per-epoch kinds;
-    ``overrides``: report settings from the command line (``ci``, ``alpha``, ``correction``)."""
+    (:func:`bench.report.frame.metrics_frame`), needed by the per-epoch kinds; ``steps``:
+    one row per (run, optimizer step) (:func:`bench.store.steps.steps_frame`), needed by
+    the per-step kinds (``stability``); ``overrides``: report settings from the command
+    line (``ci``, ``alpha``, ``correction``)."""
     spec = parse_report(study.get("report"), study, overrides=overrides)
     key = study_key(study)
     epochs = epochs if epochs is not None else pd.DataFrame(columns=["run_id", "epoch"])
+    steps = steps if steps is not None else pd.DataFrame(columns=["run_id", "step"])
     report = Report("")
     out = [f"# {spec.title or key}", ""]
     if study.get("description"):
@@ -56,22 +60,33 @@ def build_report(
     out += ["## Set-up", "", *_setup_lines(study, frame), *budget_lines(spec.budget, frame), ""]
     prefix = key.replace("@", "-")
     for section in spec.sections:
-        out += _section(section, study, frame, epochs, prefix, report)
+        out += _section(section, study, frame, epochs, steps, prefix, report)
     out += ["## Runs", "", *_outcome_lines(frame), ""]
     out += ["---", "", "### Provenance", "", *_provenance_lines(provenance, study, spec)]
     report.text = "\n".join(out) + "\n"
     return report
 
 
+def section_runs(runs: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The trials a section's ``where`` ({column: [values]}) keeps."""
+    for column, values in (where or {}).items():
+        runs = runs[runs[column].isin(values)] if column in runs else runs.iloc[0:0]
+    return runs
+
+
 def _section(
-    section: SectionSpec, study: Mapping[str, Any], runs: pd.DataFrame, epochs: pd.DataFrame, prefix: str, report: Report
+    section: SectionSpec, study: Mapping[str, Any], runs: pd.DataFrame, epochs: pd.DataFrame, steps: pd.DataFrame,
+    prefix: str, report: Report,
 ) -> list[str]:
     kind = SECTIONS.get(section.kind)
     where = section.options.get("where") or {}
-    for column, values in where.items():
-        runs = runs[runs[column].isin(values)] if column in runs else runs.iloc[0:0]
+    runs = section_runs(runs, where)
     if kind.per_epoch and not epochs.empty:
         epochs = epochs[epochs["run_id"].isin(runs["run_id"])]
+    if kind.per_step and not steps.empty:
+        steps = steps[steps["run_id"].isin(runs["run_id"])]
+    elif not kind.per_step:
+        steps = steps.iloc[0:0]
     heading = [f"## {section.title}", ""]
     if where:
         heading += ["Trials with " + "; ".join(f"{k} ∈ {{{', '.join(str(v) for v in vs)}}}" for k, vs in where.items()) + ".", ""]
@@ -79,7 +94,7 @@ def _section(
         return heading + ["_No trial of this study matches the section's `where`._", ""]
     built = kind.build(
         SectionInput(study, runs.reset_index(drop=True), epochs.reset_index(drop=True), section.options, section.title,
-                     f"{prefix}/{section.name}")
+                     f"{prefix}/{section.name}", steps=steps.reset_index(drop=True))
     )
     out = heading + [built.text.rstrip("\n"), ""]
     links = []

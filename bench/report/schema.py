@@ -14,6 +14,12 @@ Two forms, one meaning. The full form is report-level settings and a list of sec
         - {kind: pivot, rows: norm, columns: batch_size}
         - {kind: scaling, x: batch_size, group: norm}
         - {kind: curves, metric: val_acc, group: norm, panels: batch_size}
+        - {kind: stability, group: lr, panels: [optimizer, vit_freeze_patch]}
+
+The section kinds (:data:`bench.report.kinds.SECTIONS`): ``pivot``, ``scaling``,
+``curves``, ``ranking``, ``time-to-accuracy`` and ``stability`` (per-step training curves
+of runs trained with ``log_steps: true``, loss spikes marked, and a table of spikes,
+worst accuracy drop and final accuracy).
 
 The short form (no ``sections``) is one section whose options sit beside the report-level
 settings; its kind defaults to ``pivot``, and a pivot in short form is followed by its
@@ -316,8 +322,9 @@ class _Checker:
                 raise ConfigError(f"{what} must be a number ({option.help}); got {value!r}.")
             return float(value)
         if kind == "integer":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{what} must be a positive integer ({option.help}); got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < option.minimum:
+                bound = "a positive integer" if option.minimum == 1 else f"an integer ≥ {option.minimum}"
+                raise ConfigError(f"{what} must be {bound} ({option.help}); got {value!r}.")
             return value
         if kind == "bool":
             if not isinstance(value, bool):
@@ -327,6 +334,17 @@ class _Checker:
             if value not in option.choices:
                 raise ConfigError(f"{what} must be one of {', '.join(str(c) for c in option.choices)} ({option.help}); got {value!r}.")
             return value
+        if kind == "choices":
+            values = value if isinstance(value, list) else [value]
+            allowed = ", ".join(str(c) for c in option.choices)
+            if not values:
+                raise ConfigError(f"{what} must list one or more of {allowed} ({option.help}); got an empty list.")
+            for v in values:
+                if isinstance(v, (list, dict)) or v not in option.choices:
+                    raise ConfigError(f"{what} must list some of {allowed} ({option.help}); got {v!r} in {value!r}.")
+            if len(set(values)) < len(values):
+                raise ConfigError(f"{what} names a value twice; got {value!r}.")
+            return list(values)
         if kind == "where":
             return self.mapping(where, key, value, many=True)
         if kind == "baseline":

@@ -1,6 +1,7 @@
 """Builds a study's report from the store alone and writes it to disk: the markdown, its
 figures (PNG) and its tables (CSV and LaTeX) in ``reports/<study>/``. The store is only
-read."""
+read: the runs always, their per-epoch metrics when a section kind is ``per_epoch``, their
+per-step records when one is ``per_step`` (only those of the trials such sections show)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from bench.provenance import utcnow
 from bench.report.export import to_csv, to_latex
 from bench.report.frame import metrics_frame, runs_frame
 from bench.report.kinds import SECTIONS
-from bench.report.markdown import build_report
+from bench.report.markdown import build_report, section_runs
 from bench.report.schema import parse_report
 from bench.spec import StudySpec
+from bench.store.steps import steps_frame
 from bench.tune import study_trials
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ def write_report(
     overrides: Mapping[str, Any] | None = None,
 ) -> Path:
     """Reads the study's trials from the store (by the ids its spec expands to) and their
-    per-epoch metrics when a section needs them, writes ``<reports_dir>/<study>.md`` and
+    per-epoch metrics and per-step records when a section needs them, writes ``<reports_dir>/<study>.md`` and
     its figures and tables beside it. ``overrides``: report settings (``ci``, ``alpha``,
     ``correction``) replacing the spec's."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -89,6 +91,18 @@ def write_report(
         for i in range(0, len(stored), _CHUNK):
             docs += store.find_metrics(stored[i : i + _CHUNK])
         epochs = metrics_frame(docs)
+    steps = None
+    stepwise = [s for s in sections if SECTIONS.get(s.kind).per_step]
+    if stepwise:
+        # only the stored trials the per-step sections show (a `where` may keep a few of many)
+        wanted: set[str] = set()
+        for s in stepwise:
+            wanted.update(section_runs(frame, s.options.get("where"))["run_id"])
+        stored = [i for i in ids if i in found and i in wanted]
+        records: list[dict[str, Any]] = []
+        for i in range(0, len(stored), _CHUNK):
+            records += store.find_steps(stored[i : i + _CHUNK])
+        steps = steps_frame(records)
     envs = [r.get("env") or {} for r in runs]
     stored_study = store.get_study(spec.key) or {}
     versions = _summarize(
@@ -108,7 +122,7 @@ def write_report(
         "versions": versions,
         "hosts": _summarize([e.get("host", "") for e in envs]),
     }
-    report = build_report(study, frame, provenance, epochs, overrides=overrides)
+    report = build_report(study, frame, provenance, epochs, steps=steps, overrides=overrides)
     path = report_path(spec, reports_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     for name, figure in report.figures.items():
