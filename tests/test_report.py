@@ -167,6 +167,8 @@ SECTION_CASES = {
     "time-to-accuracy-list": ({"kind": "time-to-accuracy", "target": 0.85, "by": ["norm", "batch_size"]}, {}),
     # no per-step records here: the section says so (tests/test_stability_section.py has the curves)
     "stability": ({"kind": "stability", "group": "norm", "rows": "batch_size"}, {}),
+    # no steps per epoch recorded here: the section says so (tests/test_lr_schedule_section.py has the curves)
+    "lr-schedule": ({"kind": "lr-schedule", "group": "norm"}, {}),
 }
 
 
@@ -252,7 +254,7 @@ def test_short_form_report_is_a_pivot_then_its_scaling_plot(frame):
 
 def test_report_functions_do_not_modify_their_inputs(frame, epochs):
     study = copy.deepcopy({**STUDY, "report": {"baseline": {"norm": "bn"}, "sections": [
-        {"kind": kind} | ({"x": "batch_size", "group": "norm"} if kind == "scaling" else {"group": "norm"} if kind == "curves"
+        {"kind": kind} | ({"x": "batch_size", "group": "norm"} if kind == "scaling" else {"group": "norm"} if kind in ("curves", "lr-schedule")
                           else {"target": 0.8} if kind == "time-to-accuracy" else {}) for kind in SECTIONS.names()]}})
     before = (copy.deepcopy(study), frame.copy(), epochs.copy())
     first = build_report(study, frame, PROVENANCE, epochs)
