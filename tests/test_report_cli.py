@@ -128,3 +128,21 @@ def test_a_bad_report_spec_is_refused_before_reading_the_store(tmp_path):
     result = runner.invoke(app, ["report", str(spec_path), "--reports-dir", str(tmp_path / "r")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Study 'tiny': report section 3 (curves) has no option 'smooth'. A curves section takes: group (" in " ".join(result.output.split())
+
+
+def test_an_export_beside_the_report_rebuilds_it_in_an_empty_store(study, tmp_path):
+    spec_path, store_path = study
+    out = tmp_path / "reports"
+    assert invoke(store_path, str(spec_path), "--reports-dir", str(out)).exit_code == 0
+    assert "The runs:" not in (out / "tiny.md").read_text()  # no export beside it yet
+    exported = runner.invoke(app, ["--store", str(store_path), "store", "export", str(out / "tiny" / "results.jsonl.gz"),
+                                   "--study", "tiny"])
+    assert exported.exit_code == 0, exported.output
+    first = (out / "tiny" / "pivot-final_val_acc.csv").read_text()
+    # a reader with nothing but the committed files: import into a fresh store, rebuild
+    fresh = tmp_path / "fresh.sqlite"
+    imported = runner.invoke(app, ["--store", str(fresh), "store", "import", str(out / "tiny" / "results.jsonl.gz")])
+    assert imported.exit_code == 0, imported.output
+    assert invoke(fresh, str(spec_path), "--reports-dir", str(out)).exit_code == 0
+    assert (out / "tiny" / "pivot-final_val_acc.csv").read_text() == first
+    assert "- The runs: [`tiny/results.jsonl.gz`](tiny/results.jsonl.gz)" in (out / "tiny.md").read_text()

@@ -176,6 +176,11 @@ def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: R
         lines.append(f"- Reproduce the runs: `{prov['grid_command']}`")
     if prov.get("report_command"):
         lines.append(f"- Rebuild this report: `{prov['report_command']}`")
+    if prov.get("runs_file"):
+        lines.append(
+            f"- The runs: [`{prov['runs_file']}`]({prov['runs_file']}) (`bench store import` it, then rebuild as above, "
+            "to check this report without training)"
+        )
     spec_line = f"- Study spec: `{study.get('source', '')}` (hash `{prov.get('spec_hash', '')}`)"
     if prov.get("grid_spec_hash") and prov.get("grid_spec_hash") != prov.get("spec_hash"):
         spec_line += (

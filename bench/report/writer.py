@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from bench.store import ResultStore
 
 _CHUNK = 500  # ids per query
+RUNS_FILE = "results.jsonl.gz"  # an export of the study's runs kept beside its report (`bench store export --study`)
 
 
 def report_path(spec: StudySpec, reports_dir: str | Path = "reports") -> Path:
@@ -122,6 +123,9 @@ def write_report(
         "versions": versions,
         "hosts": _summarize([e.get("host", "") for e in envs]),
     }
+    runs_file = report_path(spec, reports_dir).with_suffix("") / RUNS_FILE
+    if runs_file.is_file():
+        provenance["runs_file"] = f"{runs_file.parent.name}/{RUNS_FILE}"
     report = build_report(study, frame, provenance, epochs, steps=steps, overrides=overrides)
     path = report_path(spec, reports_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
