@@ -331,6 +331,25 @@ def test_exclude_1d_exempts_biases_and_norm_parameters_from_decay():
     assert [len(g["params"]) for g in opt.param_groups] == [1, 3]
 
 
+def test_exclude_1d_also_exempts_what_a_module_names_in_no_weight_decay():
+    from bench.train import build_model
+    from bench.data import DATASETS
+    from bench.spec import TrialConfig
+
+    config = TrialConfig(dataset="synthetic", arch="vit", width=16, depth=1, vit_heads=2, norm="ln", optimizer="adamw",
+                         weight_decay=0.05, wd_exclude_1d=True)
+    model = torch.nn.Sequential(build_model(config, DATASETS.get("synthetic")))  # found inside a wrapper too
+    opt = make("adamw", model, lr=0.1, weight_decay=0.05, exclude_1d=True)
+    exempt = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in exempt}
+    assert {"0.pos_embed", "0.cls_token"} <= names
+    assert all(p.ndim > 1 for name, p in model.named_parameters() if id(p) not in exempt)
+    assert not any(g["adapt"] for g in opt.param_groups if g["weight_decay"] == 0)
+    # without the switch everything decays, the embeddings included
+    opt = make("adamw", model, lr=0.1, weight_decay=0.05)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05]
+
+
 def test_unknown_weight_decay_mode_lists_the_valid_ones():
     with pytest.raises(UnknownNameError, match="decoupled, l2, native"):
         run("sgd", lr=0.1, weight_decay_mode="l1")

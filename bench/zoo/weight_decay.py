@@ -3,8 +3,10 @@
 Two choices every optimizer study must state:
 
 - **which parameters decay**: all of them, or all but the 1-D ones (biases and the norm
-  layers' γ, β), as in Goyal et al. 2017 and most large-batch recipes. The exempt group
-  also skips LARS/LAMB's layer-wise adaptation, as their reference implementations do.
+  layers' γ, β), as in Goyal et al. 2017 and most large-batch recipes, together with the
+  parameters a model names in ``no_weight_decay()`` (timm's convention: a ViT's position
+  embedding and class token). The exempt group also skips LARS/LAMB's layer-wise
+  adaptation, as their reference implementations do.
 - **how decay is applied** (``weight_decay_mode``):
   ``native`` — the optimizer's own form (L2 for SGD and Adam, decoupled for AdamW, inside
   the trust ratio for LARS and LAMB; each registry entry says which);
@@ -30,6 +32,15 @@ DECAY_KEY = "bench_decay"  # the decay a pre-hook applies, kept in the group whe
 
 def param_groups(params: Iterable[Any] | nn.Module, weight_decay: float, *, exclude_1d: bool = False) -> list[dict[str, Any]]:
     """Trainable parameters in groups: ``adapt`` marks where layer-wise adaptation applies."""
+    named_exempt: set[int] = set()
+    if isinstance(params, nn.Module):  # no_weight_decay() of the model or any module inside it
+        names = {
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in params.named_modules()
+            if callable(getattr(module, "no_weight_decay", None))
+            for name in module.no_weight_decay()
+        }
+        named_exempt = {id(p) for name, p in params.named_parameters() if name in names}
     tensors = params.parameters() if isinstance(params, nn.Module) else params
     items = list(tensors)
     if items and isinstance(items[0], dict):
@@ -37,8 +48,8 @@ def param_groups(params: Iterable[Any] | nn.Module, weight_decay: float, *, excl
     trainable = [p for p in items if p.requires_grad]
     if not exclude_1d:
         return [{"params": trainable, "weight_decay": weight_decay, "adapt": True}]
-    decay = [p for p in trainable if p.ndim > 1]
-    exempt = [p for p in trainable if p.ndim <= 1]
+    decay = [p for p in trainable if p.ndim > 1 and id(p) not in named_exempt]
+    exempt = [p for p in trainable if p.ndim <= 1 or id(p) in named_exempt]
     groups = [{"params": decay, "weight_decay": weight_decay, "adapt": True}]
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0, "adapt": False})

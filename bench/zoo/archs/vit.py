@@ -205,6 +205,11 @@ class ViT(nn.Module):
         if freeze_patch:
             self.patch_embed.requires_grad_(False)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from decay with ``wd_exclude_1d`` (timm's convention): the
+        learned position embedding and the class token are not weights of a map."""
+        return {name for name in ("pos_embed", "cls_token") if isinstance(getattr(self, name, None), nn.Parameter)}
+
     def first_layer(self) -> nn.Module:
         """The layer that sees the pixels (its gradient norm is the one MoCo v3 watches)."""
         return self.patch_embed.convs[0] if isinstance(self.patch_embed, ConvStem) else self.patch_embed
