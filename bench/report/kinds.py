@@ -12,8 +12,8 @@ A kind that reads the per-epoch metrics says ``per_epoch=True`` (the ``curves`` 
 ``log_steps: true`` says ``per_step=True`` (the ``stability`` kind). The writer fetches
 those from the store only when a section of the report needs them.
 
-The kinds: ``pivot``, ``scaling``, ``curves``, ``ranking``, ``time-to-accuracy`` and
-``stability``, one module each under ``bench/report/sections/``.
+The kinds: ``pivot``, ``scaling``, ``curves``, ``ranking``, ``time-to-accuracy``,
+``stability`` and ``lr-schedule``, one module each under ``bench/report/sections/``.
 
 The spec's ``report.sections`` are validated against these declarations (see
 :mod:`bench.report.schema`), so a new kind is one module under ``bench/report/sections/``.

@@ -17,9 +17,10 @@ Two forms, one meaning. The full form is report-level settings and a list of sec
         - {kind: stability, group: lr, panels: [optimizer, vit_freeze_patch]}
 
 The section kinds (:data:`bench.report.kinds.SECTIONS`): ``pivot``, ``scaling``,
-``curves``, ``ranking``, ``time-to-accuracy`` and ``stability`` (per-step training curves
+``curves``, ``ranking``, ``time-to-accuracy``, ``stability`` (per-step training curves
 of runs trained with ``log_steps: true``, loss spikes marked, and a table of spikes,
-worst accuracy drop and final accuracy).
+worst accuracy drop and final accuracy) and ``lr-schedule`` (every step's learning rate,
+recomputed from the stored configs).
 
 The short form (no ``sections``) is one section whose options sit beside the report-level
 settings; its kind defaults to ``pivot``, and a pivot in short form is followed by its
