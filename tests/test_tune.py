@@ -116,3 +116,24 @@ def test_grid_runs_the_sweep_then_the_tuned_reruns_and_resumes_with_nothing_to_d
     again = runner.invoke(app, ["grid", str(path), "--executor", "local", "--no-report"])
     assert again.exit_code == 0, again.output
     assert "9 trials, 9 already finished" in again.output
+
+
+def test_the_report_states_each_choice_and_flags_one_at_an_end_of_its_sweep():
+    import pandas as pd
+
+    from bench.report.markdown import _tuning_lines, tuning_choices
+
+    study = {"variants": {"sgd": {}, "adam": {}}, "tune": {"over": "lr", "metric": "final_val_acc", "seeds": [1, 2]}}
+    rows = [{"variant": "sgd", "lr": lr, "seed": 0} for lr in (0.01, 0.1, 1.0)]
+    rows += [{"variant": "adam", "lr": lr, "seed": 0} for lr in (0.0001, 0.001, 0.01)]
+    rows += [{"variant": "sgd", "lr": 1.0, "seed": s} for s in (1, 2)]  # the largest swept value
+    rows += [{"variant": "adam", "lr": 0.001, "seed": s} for s in (1, 2)]  # inside the sweep
+    choices = tuning_choices(study, pd.DataFrame(rows)).set_index("configuration")
+    assert choices.loc["sgd", "edge"] == "highest" and choices.loc["adam", "edge"] == ""
+    assert choices.loc["sgd", "swept"] == [0.01, 0.1, 1.0]
+    lines = _tuning_lines(study, pd.DataFrame(rows))
+    assert lines == ["- Chosen `lr`: sgd 1, adam 0.001",
+                     "- At an end of its sweep (the best value may lie beyond it): sgd (highest of 3)"]
+    inside = [r for r in rows if r["variant"] == "adam"]
+    assert _tuning_lines(study, pd.DataFrame(inside))[-1] == "- Every chosen `lr` lies inside its sweep (neither its lowest nor its highest value)"
+    assert _tuning_lines(study, pd.DataFrame([r for r in rows if r["seed"] == 0])) == []  # no re-run planned yet

@@ -132,6 +132,7 @@ def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
             f"- Tuned: for each configuration, the `{tune['over']}` with the best mean `{tune['metric']}` over these seeds "
             f"is re-run with seeds {', '.join(str(s) for s in tune['seeds'])} (the DeepOBS protocol)"
         )
+        lines += _tuning_lines(study, frame)
     if base:
         lines.append("- Fixed: " + ", ".join(f"`{k}={v}`" for k, v in base.items()))
     if "lr_scaling" in base or "lr" in base:
@@ -142,6 +143,48 @@ def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
             else f"at batch {base.get('lr_base_batch', 32)}, scaled with batch size by the `{rule}` rule"
         )
         lines.append(f"- Learning rate: {lr}, {scaling} (the effective lr of each run is stored with it)")
+    return lines
+
+
+def tuning_choices(study: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration of a tuned study: the value of ``tune.over`` its re-runs use, the
+    values its sweep tried, and whether the choice lies at an end of that sweep (where the
+    best value may lie beyond it). Empty before any re-run is planned."""
+    tune = study.get("tune") or {}
+    over, seeds = tune.get("over"), list(tune.get("seeds") or [])
+    if not over or frame.empty or over not in frame or "seed" not in frame:
+        return pd.DataFrame(columns=["configuration", "chosen", "swept", "edge"])
+    keys = [k for k in ("variant", *(study.get("axes") or {}), *(study.get("zip") or {})) if k in frame and k not in (over, "seed")]
+    reruns, sweep = frame[frame["seed"].isin(seeds)], frame[~frame["seed"].isin(seeds)]
+    rows = []
+    for label, part in reruns.groupby(keys, sort=False) if keys else [((), reruns)]:
+        label = label if isinstance(label, tuple) else (label,)
+        tried = sweep
+        for k, v in zip(keys, label):
+            tried = tried[tried[k] == v]
+        swept = sorted(set(tried[over]))
+        chosen = part[over].iloc[0]
+        edge = "" if len(swept) < 2 else "lowest" if chosen == swept[0] else "highest" if chosen == swept[-1] else ""
+        name = ", ".join(str(v) for v in label) or "the study"
+        rows.append({"configuration": name, "chosen": chosen, "swept": swept, "edge": edge})
+    return pd.DataFrame(rows, columns=["configuration", "chosen", "swept", "edge"])
+
+
+def _tuning_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
+    choices = tuning_choices(study, frame)
+    if choices.empty:
+        return []
+    over = study["tune"]["over"]
+    lines = ["- Chosen `" + over + "`: " + ", ".join(f"{r.configuration} {r.chosen:g}" if isinstance(r.chosen, float)
+                                                  else f"{r.configuration} {r.chosen}" for r in choices.itertuples())]
+    edges = choices[choices["edge"] != ""]
+    if not edges.empty:
+        lines.append(
+            "- At an end of its sweep (the best value may lie beyond it): "
+            + ", ".join(f"{r.configuration} ({r.edge} of {len(r.swept)})" for r in edges.itertuples())
+        )
+    else:
+        lines.append(f"- Every chosen `{over}` lies inside its sweep (neither its lowest nor its highest value)")
     return lines
 
 
