@@ -71,7 +71,8 @@ def scaling_plot(
     base = log_base(ticks, log)
     if base:
         ax.set_xscale("log", base=base)
-        ax.set_xticks(ticks, [str(t) for t in ticks])
+        labels = [f"{t:g}" if isinstance(t, float) else str(t) for t in ticks]
+        ax.set_xticks(ticks, labels, rotation=45 if len(ticks) > 8 else 0)  # many ticks: slanted, so they do not overlap
         ax.minorticks_off()
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
