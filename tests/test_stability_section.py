@@ -166,6 +166,12 @@ def test_stricter_threshold_finds_no_spike(frame, steps):
     assert "exceeds k = 6 × the running median of the 50 steps before it, ignoring the first 50 steps" in built.text
 
 
+def test_a_separate_gradient_threshold_keeps_the_loss_spike_and_drops_the_gradient_one(frame, steps):
+    _, built = build({"kind": "stability", "grad_k": 50.0}, frame, steps)
+    assert table_rows(built.text)["0.01"][:4] == ["1 of 2", "1", "0", "0 of 1"]
+    assert "(e.g. a ViT's patch projection), with k = 50. A loss spike is preceded" in built.text
+
+
 def test_runs_without_steps_are_counted_and_stated(frame, steps):
     _, built = build({"kind": "stability"}, frame, steps)
     assert ("No per-step records: 2 trials: `lr=0.001` (1 completed); `lr=0.01` (1 not run). They were not run, or ran "
@@ -251,6 +257,7 @@ def test_schema_accepts_the_section_with_its_defaults():
     ("options", "expected"),
     [
         ({"k": 0.5}, "report section 1 (stability): `k` must be a number > 1 (a spike step exceeds k × the running median"),
+        ({"grad_k": 1.0}, "report section 1 (stability): `grad_k` must be a number > 1 (or left out to use k); got 1."),
         ({"series": ["loss", "gradnorm"]}, "`series` must list some of loss, acc, grad_norm, first_grad_norm, lr"),
         ({"series": []}, "`series` must list one or more of loss, acc"),
         ({"series": ["loss", "loss"]}, "`series` names a value twice"),

@@ -72,6 +72,7 @@ OPTIONS = {
         "integer", minimum=0,
     ),
     "k": Option("a spike step exceeds k × the running median of the steps before it (k > 1)", "number", 2.0),
+    "grad_k": Option("k for the gradient-norm series (default: k); gradient norms are noisier than the loss", "number"),
     "window": Option("steps in that running median", "integer", 50),
     "warmup": Option("steps at the start that are never spike steps", "integer", 50, minimum=0),
     "acc_smooth": Option("steps in the trailing mean of the training accuracy whose largest drop is reported", "integer", 10),
@@ -90,6 +91,8 @@ def _check(where: str, options: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"{where}: `{twice[0]}` is named twice among group, panels and rows; each column splits the runs once."
         )
+    if options.get("grad_k") is not None and not options["grad_k"] > 1:
+        raise ConfigError(f"{where}: `grad_k` must be a number > 1 (or left out to use k); got {options['grad_k']:g}.")
     if not options["k"] > 1:
         raise ConfigError(
             f"{where}: `k` must be a number > 1 (a spike step exceeds k × the running median of the steps before it); "
@@ -104,7 +107,8 @@ def _check(where: str, options: Mapping[str, Any]) -> None:
 def params(options: Mapping[str, Any]) -> StabilityParams:
     """The :class:`~bench.stability.StabilityParams` of a section's options."""
     return StabilityParams(
-        k=float(options["k"]), window=int(options["window"]), warmup=int(options["warmup"]), acc_smooth=int(options["acc_smooth"])
+        k=float(options["k"]), window=int(options["window"]), warmup=int(options["warmup"]), acc_smooth=int(options["acc_smooth"]),
+        grad_k=None if options.get("grad_k") is None else float(options["grad_k"]),
     )
 
 
@@ -158,7 +162,7 @@ def run_stability(run: Mapping[str, Any], series: pd.DataFrame, p: StabilityPara
     if first is not None:
         spikes["first_grad_norm"] = metrics["grad_spike_steps"]
     if "grad_norm" in cut and cut["grad_norm"].notna().any():
-        spikes["grad_norm"] = [s.start for s in find_spikes(cut["grad_norm"], k=p.k, window=p.window, warmup=p.warmup)]
+        spikes["grad_norm"] = [s.start for s in find_spikes(cut["grad_norm"], k=p.grad_k or p.k, window=p.window, warmup=p.warmup)]
     return RunStability(str(run["run_id"]), run.get("seed"), cut, metrics, diverged, spikes)
 
 
@@ -574,7 +578,8 @@ def _method_note(p: StabilityParams) -> str:
         f"Method (`bench.stability`): a loss spike is a run of consecutive steps whose training loss exceeds "
         f"k = {p.k:g} × the running median of the {p.window} steps before it, ignoring the first "
         f"{max(p.warmup, p.window)} steps{_ignored(p)}; first-layer gradient-norm "
-        f"spikes are found the same way on the gradient norm of the first layer (e.g. a ViT's patch projection). A loss "
+        f"spikes are found the same way on the gradient norm of the first layer (e.g. a ViT's patch projection)"
+        + (f", with k = {p.grad_k:g}" if p.grad_k is not None else "") + ". A loss "
         f"spike is preceded when a first-layer gradient spike starts {lag} steps before it (the pattern Chen, Xie & He "
         f"2021 report for ViTs). The accuracy drop is measured on the {p.acc_smooth}-step trailing mean of the per-batch "
         "training accuracy. A diverged run is measured on its steps before the divergence step, which the diverged "
