@@ -379,3 +379,13 @@ def test_curves_export_one_row_per_group_and_epoch(frame, epochs):
     assert bn2["n"] == 5 and bn2["seconds_mean"] == pytest.approx((4 + 5 + 6 + 4 + 5) / 5)
     assert numbers.loc[("bn", 1), "n"] == 6  # the seed that diverged at batch 8 finished epoch 1
     assert list(numbers.columns) == ["seconds_mean", "mean", "std", "min", "max", "n", "metric"]
+
+
+def test_a_value_repeated_in_a_zip_list_keeps_its_first_place():
+    from bench.report.tables import axis_order, sort_cells
+
+    study = {"zip": {"augment": ["none", "mixup", "none"], "label_smoothing": [0.0, 0.0, 0.1]}}
+    assert axis_order(study, "augment") == ["none", "mixup"]
+    cells = pd.DataFrame({"augment": ["mixup", "none", "none"], "label_smoothing": [0.0, 0.1, 0.0]})
+    ordered_cells = sort_cells(cells, ["augment", "label_smoothing"], study)
+    assert list(ordered_cells.itertuples(index=False, name=None)) == [("none", 0.0), ("none", 0.1), ("mixup", 0.0)]

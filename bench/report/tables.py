@@ -203,10 +203,17 @@ def sort_key(value: object) -> tuple[int, Any]:
 
 
 def axis_order(study: Mapping[str, Any], key: str) -> list[Any] | None:
-    """The order the spec gives a column's values: its axis or zip list, or the variants."""
+    """The order the spec gives a column's values: its axis or zip list, or the variants. A
+    zip list may repeat a value (it pairs with different values of the other lists): the
+    first place it appears counts."""
     if key == "variant":
         return list(study.get("variants") or []) or None
-    return list((study.get("axes") or {}).get(key) or (study.get("zip") or {}).get(key) or []) or None
+    values = (study.get("axes") or {}).get(key) or (study.get("zip") or {}).get(key) or []
+    return list(dict.fromkeys(_hashable(v) for v in values)) or None
+
+
+def _hashable(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def sort_cells(frame: pd.DataFrame, keys: Sequence[str], study: Mapping[str, Any]) -> pd.DataFrame:
