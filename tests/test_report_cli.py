@@ -146,3 +146,18 @@ def test_an_export_beside_the_report_rebuilds_it_in_an_empty_store(study, tmp_pa
     assert invoke(fresh, str(spec_path), "--reports-dir", str(out)).exit_code == 0
     assert (out / "tiny" / "pivot-final_val_acc.csv").read_text() == first
     assert "- The runs: [`tiny/results.jsonl.gz`](tiny/results.jsonl.gz)" in (out / "tiny.md").read_text()
+
+
+def test_a_rebuild_removes_the_files_of_sections_the_spec_dropped(study, tmp_path):
+    spec_path, store_path = study
+    out = tmp_path / "reports"
+    assert invoke(store_path, str(spec_path), "--reports-dir", str(out)).exit_code == 0
+    (out / "tiny" / "results.jsonl.gz").write_bytes(b"kept")
+    (out / "tiny" / "notes.txt").write_text("kept")
+    assert (out / "tiny" / "curves-val_acc.png").exists()
+    lines = spec_path.read_text().splitlines(keepends=True)
+    spec_path.write_text("".join(line for line in lines if "kind: curves" not in line))
+    assert invoke(store_path, str(spec_path), "--reports-dir", str(out)).exit_code == 0
+    left = {p.name for p in (out / "tiny").iterdir()}
+    assert "curves-val_acc.png" not in left and "curves-val_acc.csv" not in left
+    assert {"results.jsonl.gz", "notes.txt", "pivot-final_val_acc.csv", "final_val_acc-vs-batch_size.png"} <= left

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from bench.store import ResultStore
 
 _CHUNK = 500  # ids per query
+GENERATED = (".png", ".csv", ".tex")  # what a report build writes into its folder
 RUNS_FILE = "results.jsonl.gz"  # an export of the study's runs kept beside its report (`bench store export --study`)
 
 
@@ -129,16 +130,32 @@ def write_report(
     report = build_report(study, frame, provenance, epochs, steps=steps, overrides=overrides)
     path = report_path(spec, reports_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
     for name, figure in report.figures.items():
         target = path.parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(target)
+        written.add(target)
     for stem, table in report.tables.items():
         target = path.parent / stem
         target.parent.mkdir(parents=True, exist_ok=True)
         target.with_name(target.name + ".csv").write_text(to_csv(table))
+        written.add(target.with_name(target.name + ".csv"))
         latex = to_latex(table)
         if latex is not None:
             target.with_name(target.name + ".tex").write_text(latex)
+            written.add(target.with_name(target.name + ".tex"))
+    _remove_stale(path.with_suffix(""), written)
     path.write_text(report.text)
     return path
+
+
+def _remove_stale(folder: Path, written: set[Path]) -> None:
+    """Figures and tables in the report's own folder that this build did not write are
+    left from sections the spec no longer has: removed, so the folder matches the report.
+    Other files (the export of the runs, anything a user put there) are kept."""
+    if not folder.is_dir():
+        return
+    for file in folder.iterdir():
+        if file.is_file() and file.suffix in GENERATED and file not in written:
+            file.unlink()
