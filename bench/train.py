@@ -204,6 +204,14 @@ def schedule_factor(config: TrialConfig, steps: int) -> Callable[[int], float]:
     )
 
 
+def schedule_curve(config: TrialConfig, steps_per_epoch: int) -> tuple[list[float], list[float]]:
+    """(epoch of each step, learning rate at that step) over the whole run: what
+    ``bench zoo schedules --plot`` draws and the ``lr-schedule`` report section shows."""
+    factor = schedule_factor(config, steps_per_epoch)
+    total = steps_per_epoch * config.epochs
+    return [s / steps_per_epoch for s in range(total)], [config.effective_lr * factor(s) for s in range(total)]
+
+
 def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(config, steps))
 

@@ -12,16 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bench.spec import TrialConfig, from_mapping  # noqa: E402
-
-
-def schedule_curve(config: TrialConfig, steps_per_epoch: int) -> tuple[list[float], list[float]]:
-    """(epoch of each step, learning rate at that step) over the whole run."""
-    from bench.train import schedule_factor
-
-    factor = schedule_factor(config, steps_per_epoch)
-    total = steps_per_epoch * config.epochs
-    return [s / steps_per_epoch for s in range(total)], [config.effective_lr * factor(s) for s in range(total)]
+from bench.spec import from_mapping  # noqa: E402
 
 
 def plot_schedules(names: Sequence[str], options: Mapping[str, Any], steps_per_epoch: int) -> Figure:
@@ -29,6 +20,8 @@ def plot_schedules(names: Sequence[str], options: Mapping[str, Any], steps_per_e
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name in names:
         config = from_mapping({**options, "schedule": name})
+        from bench.train import schedule_curve
+
         x, y = schedule_curve(config, steps_per_epoch)
         ax.plot(x, y, label=name, linewidth=1.5)
     config = from_mapping({**options, "schedule": names[0]})

@@ -2,8 +2,8 @@
 
 The per-epoch ``lr`` metric samples the schedule once per epoch, which hides warm-ups and
 SGDR's restarts. The schedule is a pure function of a trial's config and its steps per
-epoch, so this section recomputes it exactly (the trainer's own
-:func:`bench.train.schedule_factor`) from each group's stored config: no per-step
+epoch, so this section recomputes it exactly (:func:`bench.train.schedule_curve`,
+the trainer's own schedule function, which ``bench zoo schedules --plot`` draws too) from each group's stored config: no per-step
 logging is needed."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def config_of(row: Mapping[str, Any]) -> TrialConfig:
 def schedule_points(runs: pd.DataFrame, group: str) -> tuple[pd.DataFrame, list[str]]:
     """Per group: (epoch position, lr) of every step, from the group's first run that
     recorded its steps per epoch; and the groups that had none."""
-    from bench.train import schedule_factor
+    from bench.train import schedule_curve
 
     frames, missing = [], []
     for value, part in runs.groupby(group, sort=False, dropna=False):
@@ -63,13 +63,12 @@ def schedule_points(runs: pd.DataFrame, group: str) -> tuple[pd.DataFrame, list[
             missing.append(str(value))
             continue
         per_epoch = int(row["steps_per_epoch"])
-        factor = schedule_factor(config, per_epoch)
-        steps = range(per_epoch * config.epochs)
+        epochs, lrs = schedule_curve(config, per_epoch)
         frames.append(pd.DataFrame({
-            group: [value] * len(steps),
-            "step": list(steps),
-            "epoch": [s / per_epoch for s in steps],
-            "lr": [config.effective_lr * factor(s) for s in steps],
+            group: [value] * len(lrs),
+            "step": range(len(lrs)),
+            "epoch": epochs,
+            "lr": lrs,
             "schedule": config.schedule,
             "steps_per_epoch": per_epoch,
         }))
