@@ -20,6 +20,7 @@ from bench.report.budget import budget_lines
 from bench.report.export import ExportTable
 from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.schema import ReportSpec, SectionSpec, parse_report
+from bench.report.sections._common import varied_keys
 from bench.spec import CONFIG_FIELDS
 
 
@@ -154,7 +155,7 @@ def tuning_choices(study: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFram
     over, seeds = tune.get("over"), list(tune.get("seeds") or [])
     if not over or frame.empty or over not in frame or "seed" not in frame:
         return pd.DataFrame(columns=["configuration", "chosen", "swept", "edge"])
-    keys = [k for k in ("variant", *(study.get("axes") or {}), *(study.get("zip") or {})) if k in frame and k not in (over, "seed")]
+    keys = [k for k in varied_keys(study) if k in frame and k != over]
     reruns, sweep = frame[frame["seed"].isin(seeds)], frame[~frame["seed"].isin(seeds)]
     rows = []
     for label, part in reruns.groupby(keys, sort=False) if keys else [((), reruns)]:
