@@ -25,7 +25,7 @@ from bench.tune import study_trials
 if TYPE_CHECKING:
     from bench.store import ResultStore
 
-_CHUNK = 500  # ids per query
+_CHUNK = 500  # ids per find_runs query
 GENERATED = (".png", ".csv", ".tex")  # what a report build writes into its folder
 RUNS_FILE = "results.jsonl.gz"  # an export of the study's runs kept beside its report (`bench store export --study`)
 
@@ -87,12 +87,9 @@ def write_report(
     if spec.variants:
         frame["variant"] = frame["run_id"].map({tid: variant for tid, (variant, _) in labelled.items()})
     epochs = None
+    # find_metrics and find_steps split long id lists into queries themselves
     if any(SECTIONS.get(s.kind).per_epoch for s in sections):
-        docs: list[dict[str, Any]] = []
-        stored = [i for i in ids if i in found]
-        for i in range(0, len(stored), _CHUNK):
-            docs += store.find_metrics(stored[i : i + _CHUNK])
-        epochs = metrics_frame(docs)
+        epochs = metrics_frame(store.find_metrics([i for i in ids if i in found]))
     steps = None
     stepwise = [s for s in sections if SECTIONS.get(s.kind).per_step]
     if stepwise:
@@ -100,11 +97,7 @@ def write_report(
         wanted: set[str] = set()
         for s in stepwise:
             wanted.update(section_runs(frame, s.options.get("where"))["run_id"])
-        stored = [i for i in ids if i in found and i in wanted]
-        records: list[dict[str, Any]] = []
-        for i in range(0, len(stored), _CHUNK):
-            records += store.find_steps(stored[i : i + _CHUNK])
-        steps = steps_frame(records)
+        steps = steps_frame(store.find_steps([i for i in ids if i in found and i in wanted]))
     envs = [r.get("env") or {} for r in runs]
     stored_study = store.get_study(spec.key) or {}
     versions = _summarize(
