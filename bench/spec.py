@@ -304,6 +304,16 @@ def _jsonable(value: Any) -> Any:
 
 DEFAULTS: dict[str, Any] = {f.name: _jsonable(f.default) for f in fields(TrialConfig)}
 
+# Architecture-specific config fields: they reach the architecture's builder under the same
+# names (bench.train.build_model) and act only for that architecture.
+ARCH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "nf-resnet": ("nf_alpha",),
+    "vit": (
+        "patch_size", "vit_heads", "vit_mlp_ratio", "vit_pos_embed", "vit_cls_token", "vit_freeze_patch", "vit_conv_stem",
+        "vit_residual_scale", "drop_path", "vit_mlp_head",
+    ),
+}
+
 # Options that act only for some trials (the stored config keeps them; the id ignores them).
 _GROUPED = ("gn", "bcn")
 _MOMENTUM = ("sgd", "lars")
@@ -314,12 +324,7 @@ OPTION_APPLIES: dict[str, Callable[[TrialConfig], bool]] = {
     "norm_group_size": lambda c: c.norm in _GROUPED,
     "norm_virtual_batch": lambda c: c.norm == "bn-ghost",
     **{f"renorm_{k}": (lambda c: c.norm == "brn") for k in ("rmax", "dmax", "start", "rmax_at", "dmax_at")},
-    "nf_alpha": lambda c: c.arch == "nf-resnet",
-    # vision transformer
-    **{name: (lambda c: c.arch == "vit") for name in (
-        "patch_size", "vit_heads", "vit_mlp_ratio", "vit_pos_embed", "vit_cls_token", "vit_freeze_patch", "vit_conv_stem",
-        "vit_residual_scale", "drop_path", "vit_mlp_head",
-    )},
+    **{name: (lambda c, arch=arch: c.arch == arch) for arch, names in ARCH_OPTIONS.items() for name in names},
     # augmentation options
     "mixup_alpha": lambda c: c.augment in ("mixup", "mixup-cutmix"),
     "cutmix_alpha": lambda c: c.augment in ("cutmix", "mixup-cutmix"),

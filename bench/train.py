@@ -31,7 +31,7 @@ from torch import nn
 from bench.data import DATASETS, DatasetSource, Splits, load_dataset
 from bench.errors import ConfigError
 from bench.provenance import environment
-from bench.spec import TrialConfig
+from bench.spec import ARCH_OPTIONS, TrialConfig
 from bench.zoo import mimic
 from bench.zoo.agc import clip_gradients
 from bench.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
@@ -82,16 +82,6 @@ def norm_factory(config: TrialConfig) -> NormFactory:
             config.renorm_rmax, config.renorm_dmax, config.renorm_start, config.renorm_rmax_at, config.renorm_dmax_at
         ),
     )
-
-
-# Architecture-specific config fields, passed to the architecture's builder under the same names.
-ARCH_OPTIONS: dict[str, tuple[str, ...]] = {
-    "nf-resnet": ("nf_alpha",),
-    "vit": (
-        "patch_size", "vit_heads", "vit_mlp_ratio", "vit_pos_embed", "vit_cls_token", "vit_freeze_patch", "vit_conv_stem",
-        "vit_residual_scale", "drop_path", "vit_mlp_head",
-    ),
-}
 
 
 def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
