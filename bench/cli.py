@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.errors import BenchError
+from bench.store.base import STALE_AFTER
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -148,11 +148,11 @@ def grid(
         float,
         typer.Option(help="Seconds without a heartbeat after which a running trial counts as abandoned and is run again; "
                           "a running trial with a fresher heartbeat belongs to another live grid and is skipped."),
-    ] = 300.0,
+    ] = STALE_AFTER,
 ) -> None:
     """Run a study's grid: every trial not yet finished, side by side on Ray Tune."""
-    from bench.schedule import GridOptions, plan, run_grid
-    from bench.spec import list_specs, load_spec
+    from bench.schedule import GridOptions, plan, plan_tuning, run_grid
+    from bench.spec import list_specs
 
     if list_:
         _list_studies(list_specs())
@@ -191,9 +191,7 @@ def grid(
         todo = len(grid_plan.todo)
         if spec.tune and counts["done"] == todo:
             # the tuned re-runs follow from the sweep's results: plan again, run what is new
-            tuned_plan = plan(spec, store)
-            planned = {t.trial_id for t in grid_plan.trials}
-            tuned_plan.todo = [t for t in tuned_plan.todo if t.trial_id not in planned]
+            tuned_plan = plan_tuning(grid_plan, store)
             if tuned_plan.todo:
                 console.print(
                     f"tuning: {len(tuned_plan.todo)} re-runs, each configuration at its best {spec.tune['over']} "
@@ -496,7 +494,7 @@ def store_info(ctx: typer.Context) -> None:
 def store_status(
     ctx: typer.Context,
     study: Annotated[str | None, typer.Option(help="Only this study.")] = None,
-    stale_after: Annotated[float, typer.Option(help="Seconds without a heartbeat after which a running trial counts as stale.")] = 300.0,
+    stale_after: Annotated[float, typer.Option(help="Seconds without a heartbeat after which a running trial counts as stale.")] = STALE_AFTER,
 ) -> None:
     """Runs per study and status; running trials whose driver stopped beating show as stale."""
     from bench.store.base import RUN_STATUSES

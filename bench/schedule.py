@@ -237,6 +237,15 @@ def plan(spec: StudySpec, store: ResultStore, *, stale_after: float = STALE_AFTE
     )
 
 
+def plan_tuning(first: GridPlan, store: ResultStore) -> GridPlan:
+    """The tuned re-runs a finished sweep determines: the study planned again (its second
+    phase now follows from the stored results), less the trials the first plan held."""
+    again = plan(first.spec, store, stale_after=first.stale_after)
+    planned = {t.trial_id for t in first.trials}
+    again.todo = [t for t in again.todo if t.trial_id not in planned]
+    return again
+
+
 def register(plan_: GridPlan, store: ResultStore) -> None:
     """Records the study and its trials: every trial gains this study's name; abandoned
     ones are marked interrupted; new ones are queued as pending with their config.

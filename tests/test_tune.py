@@ -137,3 +137,23 @@ def test_the_report_states_each_choice_and_flags_one_at_an_end_of_its_sweep():
     inside = [r for r in rows if r["variant"] == "adam"]
     assert _tuning_lines(study, pd.DataFrame(inside))[-1] == "- Every chosen `lr` lies inside its sweep (neither its lowest nor its highest value)"
     assert _tuning_lines(study, pd.DataFrame([r for r in rows if r["seed"] == 0])) == []  # no re-run planned yet
+
+
+def test_the_tuning_round_plans_only_the_new_reruns_with_the_sweeps_stale_after(tmp_path):
+    from bench.schedule import plan, plan_tuning
+
+    spec = load_spec(write(tmp_path, SWEEP))
+    store = open_store(str(tmp_path / "s.sqlite"))
+    try:
+        first = plan(spec, store, stale_after=7.0)
+        assert len(first.todo) == 5 and plan_tuning(first, store).todo == []  # nothing finished: no re-run yet
+        acc = {0.01: 0.5, 0.1: 0.8, 1.0: 0.9, 0.0001: 0.6, 0.001: 0.7}
+        for config in first.trials:
+            store.upsert_run(config.trial_id, {"config": config.to_dict(), "status": "completed",
+                                               "summary": {"final_val_acc": acc[config.lr]}}, study="sweep")
+        second = plan_tuning(first, store)
+        assert second.stale_after == 7.0
+        assert sorted((c.optimizer, c.lr, c.seed) for c in second.todo) == [
+            ("adam", 0.001, 1), ("adam", 0.001, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2)]
+    finally:
+        store.close()
