@@ -367,17 +367,18 @@ class EmbeddedStore:
         return [json.loads(doc) for (doc,) in rows]
 
     def find_metrics(self, run_ids: list[str]) -> list[dict]:
-        result: list[dict] = []
+        with _decoding():
+            return [json.loads(doc) for (doc,) in self._rows_for_runs("read metrics", "doc", "metrics", "epoch", run_ids)]
+
+    def _rows_for_runs(self, action: str, columns: str, table: str, then: str, run_ids: list[str]) -> Iterator[tuple]:
+        """``columns`` of the rows of ``table`` whose run is one of ``run_ids``, by run then
+        by ``then``, in IN (...) lists of at most _IN_CHUNK ids."""
         for chunk in chunked(unique_ids(run_ids), _IN_CHUNK):
-            rows = self._query(
-                "read metrics",
-                f"SELECT doc FROM metrics WHERE run_id IN ({', '.join('?' * len(chunk))}) "
-                "ORDER BY run_id, epoch",
+            yield from self._query(
+                action,
+                f"SELECT {columns} FROM {table} WHERE run_id IN ({', '.join('?' * len(chunk))}) ORDER BY run_id, {then}",
                 chunk,
             )
-            with _decoding():
-                result.extend(json.loads(doc) for (doc,) in rows)
-        return result
 
     # ------------------------------------------------------------------ steps
 
@@ -399,17 +400,9 @@ class EmbeddedStore:
             )
 
     def find_steps(self, run_ids: list[str]) -> list[dict]:
-        result: list[dict] = []
-        for chunk in chunked(unique_ids(run_ids), _IN_CHUNK):
-            rows = self._query(
-                "read steps",
-                f"SELECT run_id, step, doc FROM steps WHERE run_id IN ({', '.join('?' * len(chunk))}) "
-                "ORDER BY run_id, step",
-                chunk,
-            )
-            with _decoding():
-                result.extend({"run_id": run_id, "step": step, **json.loads(doc)} for run_id, step, doc in rows)
-        return result
+        rows = self._rows_for_runs("read steps", "run_id, step, doc", "steps", "step", run_ids)
+        with _decoding():
+            return [{"run_id": run_id, "step": step, **json.loads(doc)} for run_id, step, doc in rows]
 
     # ------------------------------------------------------------------ studies
 

@@ -405,15 +405,15 @@ class MongoStore:
             return list(self._coll("metrics").find({"run_id": run_id}, {"_id": 0}, sort=[("epoch", 1)]))
 
     def find_metrics(self, run_ids: list[str]) -> list[dict]:
-        result: list[dict] = []
-        ids = unique_ids(run_ids)
         with self._reading("read metrics"):
-            coll = self._coll("metrics")
-            for chunk in chunked(ids, _IN_CHUNK):
-                result.extend(
-                    coll.find({"run_id": {"$in": chunk}}, {"_id": 0}, sort=[("run_id", 1), ("epoch", 1)])
-                )
-        return result
+            return list(self._find_for_runs("metrics", run_ids, "epoch"))
+
+    def _find_for_runs(self, collection: str, run_ids: list[str], then: str) -> Iterator[dict]:
+        """The documents of ``collection`` whose run is one of ``run_ids``, by run then by
+        ``then``, in ``$in`` lists of at most _IN_CHUNK ids (call inside ``_reading``)."""
+        coll = self._coll(collection)
+        for chunk in chunked(unique_ids(run_ids), _IN_CHUNK):
+            yield from coll.find({"run_id": {"$in": chunk}}, {"_id": 0}, sort=[("run_id", 1), (then, 1)])
 
     # ------------------------------------------------------------------ steps
 
@@ -449,14 +449,8 @@ class MongoStore:
             coll.update_one(where, update, upsert=True)
 
     def find_steps(self, run_ids: list[str]) -> list[dict]:
-        result: list[dict] = []
-        ids = unique_ids(run_ids)
         with self._reading("read steps"):
-            coll = self._coll("steps")
-            for chunk in chunked(ids, _IN_CHUNK):
-                for doc in coll.find({"run_id": {"$in": chunk}}, {"_id": 0}, sort=[("run_id", 1), ("bucket", 1)]):
-                    result.extend(unpack_bucket(doc))
-        return result
+            return [step for doc in self._find_for_runs("steps", run_ids, "bucket") for step in unpack_bucket(doc)]
 
     # ------------------------------------------------------------------ studies
 
