@@ -283,7 +283,7 @@ def train(
     """Run one trial in this process and print its epochs."""
     from bench.schedule import Recorder
     from bench.spec import from_mapping, parse_assignments
-    from bench.train import preflight, run_trial
+    from bench.trial import preflight, run_trial
 
     config = from_mapping(parse_assignments(sets or []))
     preflight(config)
@@ -639,7 +639,7 @@ def _print_transfer(counts: dict[str, int], target: Any) -> None:
 
 
 def _registries() -> dict[str, Any]:
-    from bench.data import DATASETS
+    from bench.zoo.datasets import DATASETS
     from bench.zoo.archs import ARCHS
     from bench.zoo.augment import AUGMENTS
     from bench.zoo.convs import CONVS

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from bench.data import DATASETS
+from bench.zoo.datasets import DATASETS, dataset_source
 from bench.schedule import validate
 from bench.spec import StudySpec, TrialConfig, is_sweep
-from bench.train import build_model, build_optimizer, pick_device, steps_per_epoch
+from bench.trial import build_model, build_optimizer, pick_device, steps_per_epoch
 
 if TYPE_CHECKING:
     from bench.schedule import GridOptions
@@ -31,14 +31,14 @@ EVAL_OVERHEAD = 1.1  # evaluation and bookkeeping on top of the timed training s
 
 
 def trial_steps(config: TrialConfig) -> int:
-    source = DATASETS.get(config.dataset)
+    source = dataset_source(config.dataset)
     train = min(source.train_size, config.train_subset or source.train_size)
     return steps_per_epoch(config, train) * config.epochs
 
 
 def time_step(config: TrialConfig, device: torch.device, repeats: int = 5) -> float:
     """Seconds per optimizer step of this model and batch size (median of ``repeats``)."""
-    source = DATASETS.get(config.dataset)
+    source = dataset_source(config.dataset)
     model = build_model(config, source).to(device)
     optimizer = build_optimizer(config, model)
     x = torch.randn(config.batch_size, source.in_channels, source.image_size, source.image_size, device=device)

@@ -1,8 +1,10 @@
 """``--where`` conditions of the command line → MongoDB filters.
 
 ``norm=gn`` · ``norm=gn,bn`` (any of) · ``norm!=bn`` · ``batch_size<=8`` · ``final_val_acc>0.9``
-· ``status=completed`` · ``summary.steps>=100`` (any dotted path). Config keys are looked up
-under ``config.``, result metrics under ``summary.``; values are read as YAML scalars.
+· ``status=completed`` · ``loss_spikes>0`` · ``summary.steps>=100`` (any dotted path). Config
+keys are looked up under ``config.``, the run metrics of :mod:`bench.metrics` under
+``summary.`` (``effective_lr``, known before a trial runs, under ``derived.``); values are
+read as YAML scalars.
 """
 
 from __future__ import annotations
@@ -13,31 +15,32 @@ from typing import Any
 import yaml
 
 from bench.errors import QueryError
+from bench.metrics import RUN_METRICS, SUMMARY_FIELDS
 from bench.spec import CONFIG_FIELDS
 
 RUN_KEYS = {"status": "status", "study": "study", "run_id": "_id", "_id": "_id", "attempts": "attempts"}
-SUMMARY_KEYS = (
-    "final_val_acc", "best_val_acc", "final_val_loss", "final_train_loss", "final_train_acc", "epochs_done", "steps",
-    "train_seconds", "wall_seconds", "samples_per_s", "peak_mem_mb", "diverged_step",
-)
-DERIVED_KEYS = ("effective_lr",)
 OPERATORS = {"<=": "$lte", ">=": "$gte", "!=": "$ne", "==": "$eq", "=": "$eq", "<": "$lt", ">": "$gt"}
 _PATTERN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
 
 
 def resolve_key(key: str) -> str:
+    """The document path of a ``--where`` key: a run field, ``config.KEY``, a run metric's
+    path (``summary.KEY``), ``summary.KEY`` for the other summary fields, or a dotted path as given."""
     if key in RUN_KEYS:
         return RUN_KEYS[key]
     if key in CONFIG_FIELDS:
         return f"config.{key}"
-    if key in SUMMARY_KEYS:
+    if key in RUN_METRICS:
+        return RUN_METRICS[key].path
+    if key in SUMMARY_FIELDS:
         return f"summary.{key}"
-    if key in DERIVED_KEYS:
-        return f"derived.{key}"
     if "." in key:
         return key
-    valid = sorted([*RUN_KEYS, *CONFIG_FIELDS, *SUMMARY_KEYS, *DERIVED_KEYS])
-    raise QueryError(f"Unknown key {key!r} in --where. Valid keys: {', '.join(valid)}; or a dotted path such as summary.steps.")
+    raise QueryError(
+        f"Unknown key {key!r} in --where. Valid keys: run fields {', '.join(sorted(RUN_KEYS))}; "
+        f"config fields {', '.join(sorted(CONFIG_FIELDS))}; run metrics {', '.join(sorted(RUN_METRICS))}; "
+        f"summary fields {', '.join(sorted(SUMMARY_FIELDS))}; or a dotted path such as summary.steps."
+    )
 
 
 def _value(text: str) -> Any:

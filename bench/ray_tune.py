@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.spec import TrialConfig
-from bench.train import TrialResult, run_trial
+from bench.trial import TrialResult, run_trial
 
 if TYPE_CHECKING:
     from bench.schedule import GridOptions, Recorder

@@ -33,7 +33,7 @@ from bench.errors import BenchError
 from bench.provenance import utcnow
 from bench.spec import StudySpec, TrialConfig
 from bench.store.base import FINISHED_STATUSES, STALE_AFTER, stale_before, stale_filter
-from bench.train import TrialResult, preflight, run_trial
+from bench.trial import TrialResult, preflight, run_trial
 
 if TYPE_CHECKING:
     from bench.store import ResultStore

@@ -18,15 +18,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.data import DATASETS, load_dataset
+from bench.zoo.datasets import DATASETS, dataset_source, load_dataset
 from bench.spec import TrialConfig
-from bench.train import build_model, run_trial
+from bench.trial import build_model, run_trial
 
 
 def bare_loop(config: TrialConfig, data) -> float:
     """samples/s of a minimal loop over one epoch."""
     torch.manual_seed(config.seed)
-    model = build_model(config, DATASETS.get(config.dataset))
+    model = build_model(config, dataset_source(config.dataset))
     opt = torch.optim.SGD(model.parameters(), lr=config.effective_lr, momentum=config.momentum, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     model.train()

@@ -167,7 +167,7 @@ POLICIES = ["autoaugment", "randaugment", "trivialaugment"]
 
 
 def _standardized(n: int = 16, c: int = 1, size: int = 12, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """8-bit images spanning 0…255 per channel, standardized per channel as bench.data does;
+    """8-bit images spanning 0…255 per channel, standardized per channel as bench.zoo.datasets does;
     returns (standardized, raw)."""
     raw = torch.randint(0, 256, (n, c, size, size), generator=_gen(seed)).float()
     raw[0, :, 0, 0], raw[0, :, 0, 1] = 0, 255
@@ -345,7 +345,7 @@ def test_augment_options_are_inert_unless_their_augment_is_chosen() -> None:
 
 
 def test_the_trainer_uses_soft_targets_and_label_smoothing(monkeypatch) -> None:
-    import bench.train as train_mod
+    import bench.trial as train_mod
     from bench.spec import TrialConfig
 
     real = train_mod.F.cross_entropy
@@ -368,7 +368,7 @@ def test_the_trainer_uses_soft_targets_and_label_smoothing(monkeypatch) -> None:
 @pytest.mark.parametrize("name", POLICIES)
 def test_a_trial_with_a_policy_is_reproducible(name: str) -> None:
     from bench.spec import TrialConfig
-    from bench.train import run_trial
+    from bench.trial import run_trial
 
     config = TrialConfig(dataset="synthetic", arch="cnn", width=4, batch_size=64, epochs=1, augment=name)
     a, b = run_trial(config, device="cpu"), run_trial(config, device="cpu")

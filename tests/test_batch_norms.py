@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.zoo.batch_norms import BatchChannelNorm, BatchRenorm, EstimatedBatchNorm, FrozenBatchNorm, GhostBatchNorm
+from bench.zoo.norms.batch import BatchChannelNorm, BatchRenorm, EstimatedBatchNorm, FrozenBatchNorm, GhostBatchNorm
 from bench.zoo.norms import NORMS, NormFactory, RenormSchedule
 
 EPS = 1e-5

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torchvision.datasets
 
-from bench.data import (
+from bench.zoo.datasets import (
     DATASETS,
     DOWNLOAD_TIMEOUT_S,
     DatasetSource,
@@ -381,7 +381,7 @@ def test_registry_describes_every_dataset() -> None:
         assert isinstance(source, DatasetSource) and source.name == entry.name
         assert entry.description
     assert "offline default" in DATASETS.entry("digits").description
-    assert not DATASETS.get("digits").needs_files and DATASETS.get("cifar10").needs_files
+    assert not dataset_source("digits").needs_files and dataset_source("cifar10").needs_files
     with pytest.raises(UnknownNameError, match="fashion-mnist"):
         load_dataset("imagenet")
 

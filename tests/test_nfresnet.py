@@ -12,7 +12,7 @@ from timm.layers import ScaledStdConv2d
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.zoo.agc import classifier, classifier_parameters, clip_gradients
+from bench.zoo.optimizers.agc import classifier, classifier_parameters, clip_gradients
 from bench.zoo.archs import ARCHS
 from bench.zoo.archs.nfresnet import NFBlock
 from bench.zoo.convs import RELU_GAIN, ConvFactory

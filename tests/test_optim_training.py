@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.data import DATASETS
+from bench.zoo.datasets import DATASETS, dataset_source
 from bench.spec import TrialConfig
-from bench.train import build_model, build_optimizer, run_trial
+from bench.trial import build_model, build_optimizer, run_trial
 from bench.zoo.optimizers import OPTIMIZERS
 from bench.zoo.schedules import SCHEDULES
 
@@ -34,7 +34,7 @@ def test_every_schedule_completes_a_trial_and_sets_the_lr(name):
 def _model_and_optimizer(**changes):
     config = TrialConfig(**{**TINY, **changes})
     torch.manual_seed(0)
-    model = build_model(config, DATASETS.get("synthetic"))
+    model = build_model(config, dataset_source("synthetic"))
     return config, model, build_optimizer(config, model, steps=4)
 
 
@@ -62,7 +62,7 @@ def test_lawn_from_the_config_fixes_the_classifier_norm_after_its_free_epochs():
 
 
 def _inputs(n: int) -> torch.Tensor:
-    source = DATASETS.get("synthetic")
+    source = dataset_source("synthetic")
     return torch.randn(n, source.in_channels, source.image_size, source.image_size)
 
 

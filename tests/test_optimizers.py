@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bench.errors import ConfigError, UnknownNameError
-from bench.zoo.adabound import bounds
-from bench.zoo.lawn import Lawn, final_layer_weights
+from bench.zoo.optimizers.adabound import bounds
+from bench.zoo.optimizers.lawn import Lawn, final_layer_weights
 from bench.zoo.optimizers import OPTIMIZERS, make
 
 T = torch.float64
@@ -332,13 +332,13 @@ def test_exclude_1d_exempts_biases_and_norm_parameters_from_decay():
 
 
 def test_exclude_1d_also_exempts_what_a_module_names_in_no_weight_decay():
-    from bench.train import build_model
-    from bench.data import DATASETS
+    from bench.trial import build_model
+    from bench.zoo.datasets import DATASETS, dataset_source
     from bench.spec import TrialConfig
 
     config = TrialConfig(dataset="synthetic", arch="vit", width=16, depth=1, vit_heads=2, norm="ln", optimizer="adamw",
                          weight_decay=0.05, wd_exclude_1d=True)
-    model = torch.nn.Sequential(build_model(config, DATASETS.get("synthetic")))  # found inside a wrapper too
+    model = torch.nn.Sequential(build_model(config, dataset_source("synthetic")))  # found inside a wrapper too
     opt = make("adamw", model, lr=0.1, weight_decay=0.05, exclude_1d=True)
     exempt = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in exempt}

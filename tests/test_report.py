@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.metrics import run_metric
 from bench.report.budget import budget_lines
 from bench.report.export import to_csv, to_latex
 from bench.report.format import MARKDOWN, format_cell
 from bench.report.frame import metrics_frame, runs_frame
 from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.markdown import build_report
-from bench.report.metrics import run_metric
 from bench.report.plots import curves_plot, log_base, scaling_plot
 from bench.report.schema import parse_report
 from bench.report.sections.time_to_accuracy import first_reached

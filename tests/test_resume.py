@@ -20,7 +20,7 @@ from bench.schedule import Recorder, plan, register
 from bench.spec import load_spec
 from bench.store import EmbeddedStore
 from bench.store.base import stale_before
-from bench.train import TrialResult
+from bench.trial import TrialResult
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.stability import (
+from bench.trial.spikes import (
     StabilityParams,
     divergence_step,
     find_spikes,

@@ -10,10 +10,10 @@ import torch
 
 from bench.schedule import GridOptions, Recorder, run_local
 from bench.spec import TrialConfig
-from bench.steplog import STEP_FIELDS, StepLog
+from bench.trial.steplog import STEP_FIELDS, StepLog
 from bench.store import open_store
 from bench.store.steps import steps_frame
-from bench.train import run_trial
+from bench.trial import run_trial
 
 TINY = dict(dataset="synthetic", arch="cnn", width=8, batch_size=32, epochs=2, lr=0.05)  # 512 images: 16 steps per epoch
 VIT = dict(dataset="synthetic", arch="vit", width=16, depth=1, vit_heads=2, patch_size=4, batch_size=64, epochs=1, norm="ln",
@@ -96,7 +96,7 @@ def test_the_steplog_flushes_with_one_host_copy_and_computes_stability():
     log.flush()  # nothing pending: no second report
     assert len(seen) == 1 and len(seen[0]) == 200
     assert seen[0][0]["acc"] == 0.75 and seen[0][0]["first_grad_norm"] == pytest.approx(2.0)
-    from bench.stability import StabilityParams
+    from bench.trial.spikes import StabilityParams
 
     metrics = log.stability(StabilityParams())
     assert metrics["loss_spikes"] == 1 and metrics["loss_spike_steps"] == [120]

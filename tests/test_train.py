@@ -5,7 +5,7 @@ import torch
 
 from bench.errors import ConfigError
 from bench.spec import TrialConfig
-from bench.train import preflight, run_trial
+from bench.trial import preflight, run_trial
 
 TINY = dict(dataset="synthetic", arch="cnn", width=8, batch_size=32, epochs=2, lr=0.05)
 EPOCH_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm", "epoch_seconds",
@@ -48,7 +48,7 @@ def test_exploding_loss_is_detected_as_divergence_with_its_step():
 
 
 def test_nan_loss_is_divergence(monkeypatch):
-    import bench.train as train_mod
+    import bench.trial as train_mod
 
     real = train_mod.F.cross_entropy
     calls = {"n": 0}
@@ -65,7 +65,7 @@ def test_nan_loss_is_divergence(monkeypatch):
 
 
 def test_an_exception_is_a_failed_trial_with_traceback(monkeypatch):
-    import bench.train as train_mod
+    import bench.trial as train_mod
 
     def boom(*a, **k):
         raise RuntimeError("out of cheese")
@@ -89,11 +89,11 @@ def test_preflight_rejects_what_cannot_build():
 
 
 def _model(**changes):
-    from bench.data import DATASETS
-    from bench.train import build_model
+    from bench.zoo.datasets import DATASETS, dataset_source
+    from bench.trial import build_model
 
     config = TrialConfig(**{**TINY, **changes})
-    return config, build_model(config, DATASETS.get(config.dataset))
+    return config, build_model(config, dataset_source(config.dataset))
 
 
 def test_mimicnorm_is_centred_convs_no_norm_layers_and_one_last_batchnorm():
@@ -122,7 +122,7 @@ def test_train_only_norm_freezes_everything_but_gamma_and_beta():
 
 
 def test_frozen_weights_do_not_move_during_training(monkeypatch):
-    import bench.train as train_mod
+    import bench.trial as train_mod
 
     built = {}
     real = train_mod.build_model
@@ -140,7 +140,7 @@ def test_frozen_weights_do_not_move_during_training(monkeypatch):
 
 
 def test_agc_is_applied_when_asked(monkeypatch):
-    import bench.train as train_mod
+    import bench.trial as train_mod
 
     calls = []
     monkeypatch.setattr(train_mod, "clip_gradients", lambda model, clip: calls.append(clip))
@@ -152,7 +152,7 @@ def test_agc_is_applied_when_asked(monkeypatch):
 
 
 def test_weight_norm_data_init_runs_before_training(monkeypatch):
-    import bench.train as train_mod
+    import bench.trial as train_mod
 
     seen = []
     monkeypatch.setattr(train_mod, "weight_norm_data_init", lambda model, x: seen.append(x.shape))

@@ -8,7 +8,7 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.spec import TrialConfig
-from bench.train import preflight
+from bench.trial import preflight
 from bench.zoo.archs import ARCHS, first_layer
 from bench.zoo.norms import NormFactory, is_norm_module
 

@@ -9,10 +9,10 @@ import torch
 from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
-from bench.data import DATASETS
+from bench.zoo.datasets import DATASETS, dataset_source
 from bench.errors import ConfigError
 from bench.spec import DEFAULTS, TrialConfig
-from bench.train import ARCH_OPTIONS, build_model, build_optimizer, preflight
+from bench.trial import ARCH_OPTIONS, build_model, build_optimizer, preflight
 from bench.zoo.archs import ARCHS, first_layer
 from bench.zoo.archs.vit import Block, ConvStem, TokenNorm
 from bench.zoo.convs import ConvFactory, is_weight_normed
@@ -143,7 +143,7 @@ def test_frozen_patch_projection_receives_no_update():
     config = TrialConfig(dataset="synthetic", arch="vit", norm="ln", width=16, depth=1, patch_size=4, vit_heads=2,
                          vit_freeze_patch=True, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
     torch.manual_seed(0)
-    model = build_model(config, DATASETS.get("synthetic"))
+    model = build_model(config, dataset_source("synthetic"))
     assert first_layer(model) is model.patch_embed
     assert not any(p.requires_grad for p in model.patch_embed.parameters())
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.registry import Registry
+from bench.zoo.registry import Registry
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -41,8 +41,8 @@ from typing import Any
 
 import bench.report.sections  # noqa: F401  (registers the section kinds)
 from bench.errors import ConfigError
+from bench.metrics import EPOCH_METRICS, RUN_METRICS
 from bench.report.kinds import SECTIONS, Option, SectionKind
-from bench.report.metrics import EPOCH_METRICS, RUN_METRICS
 from bench.report.stats import CI_METHODS, CORRECTIONS
 from bench.spec import CONFIG_FIELDS
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.metrics import Metric
 from bench.report.format import MARKDOWN, Style, format_cell, format_delta
-from bench.report.metrics import Metric
 from bench.report.stats import describe, holm, interval, paired_difference
 
 OUTCOMES = ("completed", "diverged", "failed")

@@ -1,6 +1,6 @@
 """Data augmentation, by name (the ``augment`` choice).
 
-Datasets live on the device as one tensor (see :mod:`bench.data`), so augmentation runs
+Datasets live on the device as one tensor (see :mod:`bench.zoo.datasets`), so augmentation runs
 on a whole batch at a time. An augmentation is a function
 ``(images, labels, generator) -> (images, targets)``: images keep their shape, device and
 dtype; targets are the labels (N,) int64 class indices, unchanged by label-preserving
@@ -8,9 +8,9 @@ augmentations, or (N, K) float class probabilities summing to one per row after 
 (mixup, cutmix), which the trainer's cross-entropy accepts as they are. All randomness
 comes from the trial's generator, so a trial's seed fixes its augmented batches.
 
-Registered entries are builders ``builder(context) -> Augment`` taking an
-:class:`AugmentContext` (image size, classes, the training images' value range and the
-augmentations' options), so a new option is one field there.
+Registered entries are builders ``builder(context, **options) -> Augment`` taking an
+:class:`AugmentContext` (image size, classes, the training images' value range) and the
+options they declare.
 
 - ``flip-crop``: the CIFAR recipe, vectorized over the batch (index arithmetic, no loop).
 - ``autoaugment``, ``randaugment``, ``trivialaugment``: torchvision's
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.registry import Registry
+from bench.zoo.registry import AUGMENTS, Option
 
 Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 ImageOp = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -64,15 +64,10 @@ class AugmentContext:
     num_classes: int
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
-    mixup_alpha: float = 1.0  # MixUp: λ ~ Beta(α, α)
-    cutmix_alpha: float = 1.0  # CutMix: λ ~ Beta(α, α)
-    autoaugment_policy: str = "cifar10"  # imagenet | cifar10 | svhn
-    randaugment_ops: int = 2  # RandAugment N: operations per image
-    randaugment_magnitude: int = 9  # RandAugment M, 0–30
 
 
-AugmentBuilder = Callable[[AugmentContext], Augment]
-AUGMENTS: Registry[AugmentBuilder] = Registry("augment")
+MIXUP_ALPHA = Option("mixup_alpha", float, 1.0, "mixup: λ ~ Beta(α, α)", gt=0)
+CUTMIX_ALPHA = Option("cutmix_alpha", float, 1.0, "CutMix: λ ~ Beta(α, α)", gt=0)
 
 
 def value_range(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -227,16 +222,19 @@ class PerImagePolicy:
     "AutoAugment: torchvision's learned policy (autoaugment_policy: imagenet, cifar10 (default) or svhn), "
     "one random sub-policy per image",
     paper="Cubuk et al. 2019, arXiv:1805.09501",
+    options=(
+        Option("autoaugment_policy", str, "cifar10", "the learned policy torchvision ships", choices=AUTOAUGMENT_POLICIES),
+    ),
 )
-def autoaugment(context: AugmentContext) -> Augment:
+def autoaugment(context: AugmentContext, *, autoaugment_policy: str) -> Augment:
     from torchvision.transforms import v2
 
-    if context.autoaugment_policy not in AUTOAUGMENT_POLICIES:
+    if autoaugment_policy not in AUTOAUGMENT_POLICIES:
         raise ConfigError(
             f"autoaugment_policy must be one of {', '.join(AUTOAUGMENT_POLICIES)} (the policies torchvision ships); "
-            f"got {context.autoaugment_policy!r}."
+            f"got {autoaugment_policy!r}."
         )
-    policy = v2.AutoAugment(v2.AutoAugmentPolicy(context.autoaugment_policy))
+    policy = v2.AutoAugment(v2.AutoAugmentPolicy(autoaugment_policy))
     return LabelPreserving(PerImagePolicy(policy, context.low, context.high))
 
 
@@ -245,18 +243,22 @@ def autoaugment(context: AugmentContext) -> Augment:
     "RandAugment: randaugment_ops random operations (default 2) at magnitude randaugment_magnitude "
     "(0–30, default 9) per image, torchvision's implementation",
     paper="Cubuk et al. 2020, arXiv:1909.13719",
+    options=(
+        Option("randaugment_ops", int, 2, "RandAugment N: operations per image", ge=1),
+        Option("randaugment_magnitude", int, 9, "RandAugment M (torchvision's 31 magnitude bins)", ge=0, lt=MAGNITUDE_BINS),
+    ),
 )
-def randaugment(context: AugmentContext) -> Augment:
+def randaugment(context: AugmentContext, *, randaugment_ops: int, randaugment_magnitude: int) -> Augment:
     from torchvision.transforms import v2
 
-    if context.randaugment_ops < 1:
-        raise ConfigError(f"randaugment_ops (operations per image) must be ≥ 1; got {context.randaugment_ops}.")
-    if not 0 <= context.randaugment_magnitude < MAGNITUDE_BINS:
+    if randaugment_ops < 1:
+        raise ConfigError(f"randaugment_ops (operations per image) must be ≥ 1; got {randaugment_ops}.")
+    if not 0 <= randaugment_magnitude < MAGNITUDE_BINS:
         raise ConfigError(
             f"randaugment_magnitude must lie in 0–{MAGNITUDE_BINS - 1} (torchvision's magnitude bins); "
-            f"got {context.randaugment_magnitude}."
+            f"got {randaugment_magnitude}."
         )
-    policy = v2.RandAugment(num_ops=context.randaugment_ops, magnitude=context.randaugment_magnitude)
+    policy = v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude)
     return LabelPreserving(PerImagePolicy(policy, context.low, context.high))
 
 
@@ -299,16 +301,16 @@ def _alpha(name: str, value: float) -> float:
     return value
 
 
-def _mixup(context: AugmentContext) -> nn.Module:
+def _mixup(context: AugmentContext, alpha: float) -> nn.Module:
     from torchvision.transforms import v2
 
-    return v2.MixUp(alpha=_alpha("mixup_alpha", context.mixup_alpha), num_classes=context.num_classes)
+    return v2.MixUp(alpha=_alpha("mixup_alpha", alpha), num_classes=context.num_classes)
 
 
-def _cutmix(context: AugmentContext) -> nn.Module:
+def _cutmix(context: AugmentContext, alpha: float) -> nn.Module:
     from torchvision.transforms import v2
 
-    return v2.CutMix(alpha=_alpha("cutmix_alpha", context.cutmix_alpha), num_classes=context.num_classes)
+    return v2.CutMix(alpha=_alpha("cutmix_alpha", alpha), num_classes=context.num_classes)
 
 
 @AUGMENTS.register(
@@ -316,9 +318,10 @@ def _cutmix(context: AugmentContext) -> nn.Module:
     "mixup: each image blended with its batch neighbour, λ ~ Beta(mixup_alpha, mixup_alpha) per batch "
     "(default α 1), soft targets",
     paper="Zhang et al. 2018, arXiv:1710.09412",
+    options=(MIXUP_ALPHA,),
 )
-def mixup(context: AugmentContext) -> Augment:
-    return Mixing(_mixup(context))
+def mixup(context: AugmentContext, *, mixup_alpha: float) -> Augment:
+    return Mixing(_mixup(context, mixup_alpha))
 
 
 @AUGMENTS.register(
@@ -326,17 +329,19 @@ def mixup(context: AugmentContext) -> Augment:
     "CutMix: a box of each image replaced by its batch neighbour's, area 1 − λ, λ ~ Beta(cutmix_alpha, "
     "cutmix_alpha) per batch (default α 1), soft targets",
     paper="Yun et al. 2019, arXiv:1905.04899",
+    options=(CUTMIX_ALPHA,),
 )
-def cutmix(context: AugmentContext) -> Augment:
-    return Mixing(_cutmix(context))
+def cutmix(context: AugmentContext, *, cutmix_alpha: float) -> Augment:
+    return Mixing(_cutmix(context, cutmix_alpha))
 
 
 @AUGMENTS.register(
     "mixup-cutmix",
     "mixup or CutMix, chosen with equal probability per batch (torchvision's reference recipe), soft targets",
     paper="Zhang et al. 2018, arXiv:1710.09412; Yun et al. 2019, arXiv:1905.04899",
+    options=(MIXUP_ALPHA, CUTMIX_ALPHA),
 )
-def mixup_cutmix(context: AugmentContext) -> Augment:
+def mixup_cutmix(context: AugmentContext, *, mixup_alpha: float, cutmix_alpha: float) -> Augment:
     from torchvision.transforms import v2
 
-    return Mixing(v2.RandomChoice([_mixup(context), _cutmix(context)]))
+    return Mixing(v2.RandomChoice([_mixup(context, mixup_alpha), _cutmix(context, cutmix_alpha)]))

@@ -41,27 +41,24 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm, weight_norm
 
 from bench.errors import ConfigError
-from bench.registry import Registry
+from bench.zoo.registry import CONVS, Option
 
 
 @dataclass(frozen=True)
 class ConvKind:
     """Constructors with torch's signatures: ``conv(cin, cout, kernel_size, stride=, padding=,
     bias=)`` as ``nn.Conv2d`` and ``linear(fin, fout, bias=)`` as ``nn.Linear``; a layer class
-    with those signatures is its own constructor."""
+    with those signatures is its own constructor. ``data_init(model, images)``, when set,
+    initializes the built model from a batch before training."""
 
     conv: Callable[..., nn.Module]
     linear: Callable[..., nn.Module]
+    data_init: Callable[[nn.Module, Tensor], None] | None = None
 
 
-CONVS: Registry[ConvKind] = Registry("conv")
-
-CONVS.register("standard", "Plain conv and linear layers (no reparametrization).")(
-    ConvKind(
-        conv=nn.Conv2d,
-        linear=nn.Linear,
-    )
-)
+@CONVS.register("standard", "Plain conv and linear layers (no reparametrization).")
+def standard() -> ConvKind:
+    return ConvKind(conv=nn.Conv2d, linear=nn.Linear)
 
 
 def _per_unit(weight: Tensor) -> Tensor:
@@ -117,16 +114,13 @@ class WSConv2d(nn.Conv2d):
         return self._conv_forward(x, self.reparametrized_weight(), self.bias)
 
 
-CONVS.register(
+@CONVS.register(
     "ws",
     "Weight Standardization: conv filters standardized over their fan-in, (W − μ)/(σ + 1e-5); linears standard.",
     paper="Qiao et al. 2019, arXiv:1903.10520",
-)(
-    ConvKind(
-        conv=WSConv2d,
-        linear=nn.Linear,
-    )
 )
+def ws() -> ConvKind:
+    return ConvKind(conv=WSConv2d, linear=nn.Linear)
 
 
 # --------------------------------------------------------------------------------------
@@ -143,18 +137,20 @@ def _weight_normed(module: nn.Module) -> nn.Module:
     return weight_norm(module, name="weight", dim=0)
 
 
-CONVS.register(
+@CONVS.register(
     "wn",
     "Weight Normalization: w = g·v/‖v‖ per output unit on convs and linears (wn_init: data-dependent init).",
     paper="Salimans & Kingma 2016, arXiv:1602.07868",
-)(
-    ConvKind(
+    options=(Option("wn_init", bool, False, "data-dependent initialization on a batch of up to 512 training images"),),
+)
+def wn(*, wn_init: bool) -> ConvKind:
+    return ConvKind(
         conv=lambda cin, cout, kernel_size, stride=1, padding=0, bias=True: _weight_normed(
             nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias)
         ),
         linear=lambda fin, fout, bias=True: _weight_normed(nn.Linear(fin, fout, bias=bias)),
+        data_init=weight_norm_data_init if wn_init else None,
     )
-)
 
 
 def is_weight_normed(module: nn.Module) -> bool:
@@ -292,18 +288,18 @@ class CosineLinear(nn.Linear):
         return dot * torch.rsqrt((x_sq + self.eps) * (w_sq + self.eps))
 
 
-CONVS.register(
+@CONVS.register(
     "cos",
     "Cosine Normalization: every conv and linear outputs cos(w, x) ∈ [−1, 1] per patch / row; no bias.",
     paper="Luo et al. 2017, arXiv:1702.05870",
-)(
-    ConvKind(
+)
+def cos() -> ConvKind:
+    return ConvKind(
         conv=lambda cin, cout, kernel_size, stride=1, padding=0, bias=True: CosineConv2d(
             cin, cout, kernel_size, stride=stride, padding=padding
         ),
         linear=lambda fin, fout, bias=True: CosineLinear(fin, fout),
     )
-)
 
 
 # --------------------------------------------------------------------------------------
@@ -335,16 +331,13 @@ class CenteredConv2d(nn.Conv2d):
         return self._conv_forward(x, self.reparametrized_weight(), self.bias)
 
 
-CONVS.register(
+@CONVS.register(
     "centered",
     "Weight centring (MimicNorm's convs): conv filters minus their mean over the fan-in; linears standard.",
     paper="Fei et al. 2021, arXiv:2010.09278",
-)(
-    ConvKind(
-        conv=CenteredConv2d,
-        linear=nn.Linear,
-    )
 )
+def centered() -> ConvKind:
+    return ConvKind(conv=CenteredConv2d, linear=nn.Linear)
 
 
 # --------------------------------------------------------------------------------------
@@ -378,27 +371,29 @@ def scaled_ws_conv(
     return ScaledStdConv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias, gamma=gamma, eps=SWS_EPS)
 
 
-CONVS.register(
+@CONVS.register(
     "sws",
     "Scaled Weight Standardization: gain·γ_ReLU·(W − μ)/(σ·√fan_in), learnable gain; linears standard.",
     paper="Brock et al. 2021, arXiv:2101.08692",
-)(
-    ConvKind(
-        conv=scaled_ws_conv,
-        linear=nn.Linear,
-    )
 )
+def sws() -> ConvKind:
+    return ConvKind(conv=scaled_ws_conv, linear=nn.Linear)
 
 
 @dataclass(frozen=True)
 class ConvFactory:
-    name: str = "standard"
+    """A conv reparametrization chosen by name with its declared options; architectures
+    build every conv and linear layer through it."""
 
-    def __post_init__(self) -> None:
-        CONVS.check(self.name)
+    name: str = "standard"
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def kind(self) -> ConvKind:
+        return CONVS.build(self.name, dict(self.options))
 
     def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
-        return CONVS.get(self.name).conv(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias)
+        return self.kind.conv(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias)
 
     def linear(self, fin: int, fout: int, bias: bool = True) -> nn.Module:
-        return CONVS.get(self.name).linear(fin, fout, bias=bias)
+        return self.kind.linear(fin, fout, bias=bias)

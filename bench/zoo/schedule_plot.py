@@ -20,7 +20,7 @@ def plot_schedules(names: Sequence[str], options: Mapping[str, Any], steps_per_e
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name in names:
         config = from_mapping({**options, "schedule": name})
-        from bench.train import schedule_curve
+        from bench.trial import schedule_curve
 
         x, y = schedule_curve(config, steps_per_epoch)
         ax.plot(x, y, label=name, linewidth=1.5)

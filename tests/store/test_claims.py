@@ -15,7 +15,7 @@ from bench.errors import QueryError, StoreError
 from bench.schedule import GridOptions, plan, run_grid
 from bench.spec import load_spec
 from bench.store import EmbeddedStore, ResultStore
-from bench.train import TrialResult
+from bench.trial import TrialResult
 
 OLD, NOW, LATER = "2024-01-01T00:00:00+00:00", "2024-06-01T00:00:00+00:00", "2024-06-01T00:10:00+00:00"
 

@@ -14,7 +14,7 @@ from bench.errors import StoreError
 from bench.schedule import Recorder
 from bench.store import ResultStore
 from bench.store.size import MAX_DOCUMENT_BYTES, bson_size, fit
-from bench.train import TrialResult
+from bench.trial import TrialResult
 
 MONGO_LIMIT = 16 * 1024 * 1024
 

@@ -18,7 +18,7 @@ from bench.errors import StoreError
 from bench.schedule import GridOptions, plan, run_grid
 from bench.spec import load_spec
 from bench.store import Journal
-from bench.train import TrialResult
+from bench.trial import TrialResult
 
 NOW = "2024-06-01T00:00:00+00:00"
 

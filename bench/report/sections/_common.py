@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.metrics import Metric, epoch_metric, run_metric
+from bench.metrics import Metric, epoch_metric, run_metric
 from bench.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
@@ -66,7 +66,7 @@ def comparison_note(
     where = code(assignment(list(baseline), list(baseline.values())))
     if free:
         where += f" with the same {' and '.join(free)}"
-    unit = f" in {metric.unit}" if metric.unit else ""
+    unit = f" in {metric.delta_unit}" if metric.delta_unit else ""
     compared = cells[(cells["n"] > 0) & ~cells["is_baseline"].astype(bool) & cells["has_baseline"].astype(bool)]
     pairs = sorted(set(compared["pairs"].astype(int)))
     tests = int(compared["p"].notna().sum())

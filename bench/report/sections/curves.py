@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from bench.metrics import epoch_metric
 from bench.report.export import ExportTable
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.metrics import epoch_metric
 from bench.report.plots import curves_plot
 from bench.report.sections._common import metric_of
 from bench.report.tables import axis_order, ordered

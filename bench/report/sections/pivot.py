@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
+from bench.metrics import Metric, run_metric
 from bench.report.export import ExportTable
 from bench.report.format import LATEX, MARKDOWN, number
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.metrics import Metric, run_metric
 from bench.report.sections._common import cell_note, comparison_note, metric_of, no_comparison_note
 from bench.report.tables import (
     aggregate, axis_order, baseline_applies, best_rows, compare, markdown_table, numbers_frame, pivot_frame, sort_cells,

@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import ConfigError
+from bench.metrics import Metric, run_metric
 from bench.report.export import ExportTable
 from bench.report.format import LATEX, MARKDOWN, Style, counts_notes, format_cell, format_delta, number
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.metrics import Metric, run_metric
 from bench.report.sections._common import cell_note, comparison_note, metric_of, no_comparison_note, varied_keys
 from bench.report.tables import aggregate, any_tested, baseline_applies, compare, markdown_table, numbers_frame, sort_cells
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.metrics import run_metric
 from bench.report.export import ExportTable
 from bench.report.format import LATEX, counts_notes
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.metrics import run_metric
 from bench.report.plots import log_base, scaling_plot
 from bench.report.sections._common import interval_phrase, metric_of
 from bench.report.tables import aggregate, axis_order, numbers_frame, ordered, pivot_frame, sort_cells

@@ -1,5 +1,5 @@
 """``stability``: per-step training curves of runs trained with ``log_steps: true``, with
-loss spikes and divergence marked, and a table of what :mod:`bench.stability` measures on
+loss spikes and divergence marked, and a table of what :mod:`bench.trial.spikes` measures on
 them: loss spikes, first-layer gradient-norm spikes and the loss spikes they precede, the
 worst drop of the training accuracy, divergence, and the final validation accuracy.
 
@@ -30,15 +30,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from bench.errors import ConfigError
+from bench.metrics import run_metric
 from bench.report.export import ExportTable
 from bench.report.format import LATEX, MARKDOWN, Style, format_cell, number
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.metrics import run_metric
 from bench.report.plots import line_style
 from bench.report.sections._common import assignment, varied_keys
 from bench.report.stats import describe
 from bench.report.tables import OUTCOMES, axis_order, markdown_table, ordered, sort_key
-from bench.stability import StabilityParams, divergence_step, find_spikes, stability
+from bench.trial.spikes import StabilityParams, divergence_step, find_spikes, stability
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _check(where: str, options: Mapping[str, Any]) -> None:
 
 
 def params(options: Mapping[str, Any]) -> StabilityParams:
-    """The :class:`~bench.stability.StabilityParams` of a section's options."""
+    """The :class:`~bench.trial.spikes.StabilityParams` of a section's options."""
     return StabilityParams(
         k=float(options["k"]), window=int(options["window"]), warmup=int(options["warmup"]), acc_smooth=int(options["acc_smooth"]),
         grad_k=None if options.get("grad_k") is None else float(options["grad_k"]),
@@ -122,7 +122,7 @@ class RunStability:
     run_id: str
     seed: Any
     series: pd.DataFrame  # indexed by step: loss, acc, grad_norm, first_grad_norm, lr, epoch (those recorded)
-    metrics: dict[str, Any]  # bench.stability.stability() of the cut series
+    metrics: dict[str, Any]  # bench.trial.spikes.stability() of the cut series
     diverged_step: Any = None  # the step it diverged at (None: it did not)
     spikes: dict[str, list[Any]] = field(default_factory=dict)  # series → start steps of its spikes (for the figures)
 
@@ -157,7 +157,7 @@ def run_stability(run: Mapping[str, Any], series: pd.DataFrame, p: StabilityPara
     cut_loss = cut["loss"] if "loss" in cut else pd.Series(np.nan, index=cut.index)
     acc = cut["acc"] if "acc" in cut and cut["acc"].notna().any() else None
     first = cut["first_grad_norm"] if "first_grad_norm" in cut and cut["first_grad_norm"].notna().any() else None
-    metrics = stability(cut_loss, acc, None if first is None else first.fillna(0.0), p)  # as bench.steplog does
+    metrics = stability(cut_loss, acc, None if first is None else first.fillna(0.0), p)  # as bench.trial.steplog does
     spikes = {"loss": metrics["loss_spike_steps"], "acc": metrics["loss_spike_steps"]}
     if first is not None:
         spikes["first_grad_norm"] = metrics["grad_spike_steps"]
@@ -575,7 +575,7 @@ def _columns_note() -> str:
 def _method_note(p: StabilityParams) -> str:
     lag = f"{p.min_lag}–{p.max_lag}"
     return (
-        f"Method (`bench.stability`): a loss spike is a run of consecutive steps whose training loss exceeds "
+        f"Method (`bench.trial.spikes`): a loss spike is a run of consecutive steps whose training loss exceeds "
         f"k = {p.k:g} × the running median of the {p.window} steps before it, ignoring the first "
         f"{max(p.warmup, p.window)} steps{_ignored(p)}; first-layer gradient-norm "
         f"spikes are found the same way on the gradient norm of the first layer (e.g. a ViT's patch projection)"

@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import ConfigError
+from bench.metrics import Metric, epoch_metric
 from bench.report.export import ExportTable
 from bench.report.format import LATEX, MARKDOWN, Style, number
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.metrics import Metric, epoch_metric
 from bench.report.sections._common import metric_of, varied_keys
 from bench.report.stats import describe
 from bench.report.tables import OUTCOMES, axis_order, markdown_table, ordered, sort_cells

@@ -22,10 +22,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from bench.registry import Registry
+from bench.zoo.registry import ARCHS
 
 ArchBuilder = Callable[..., nn.Module]
-ARCHS: Registry[ArchBuilder] = Registry("arch")
 
 
 def first_layer(model: nn.Module) -> nn.Module:
@@ -38,7 +37,3 @@ def first_layer(model: nn.Module) -> nn.Module:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             return module
     raise ValueError(f"{type(model).__name__} has no conv or linear layer")
-
-
-# Importing the modules registers their entries.
-from bench.zoo.archs import cnn, mlp, nfresnet, resnet, vgg, vit  # noqa: E402,F401

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.zoo.archs import ARCHS
+from bench.zoo.registry import ARCHS, Option
 from bench.zoo.convs import RELU_GAIN, ConvFactory, scaled_ws_conv
 from bench.zoo.norms import NormFactory
 
@@ -95,6 +95,7 @@ class NFResNet(nn.Module):
     "nf-resnet",
     "Normalizer-free CIFAR ResNet: scaled-WS convs, h + α·f(h/β) blocks (nf_alpha, default 0.2); needs norm=none.",
     paper="Brock et al. 2021, arXiv:2101.08692",
+    options=(Option("nf_alpha", float, 0.2, "residual branch scale α: h + α·f(h/β)", ge=0),),
 )
 def build_nf_resnet(
     *,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.zoo.archs import ARCHS
+from bench.zoo.registry import ARCHS
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 

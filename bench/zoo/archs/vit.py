@@ -60,9 +60,9 @@ from timm.layers import DropPath, build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.zoo.archs import ARCHS
 from bench.zoo.convs import ConvFactory
-from bench.zoo.norms import NORMS, NormFactory
+from bench.zoo.norms import NormFactory
+from bench.zoo.registry import ARCHS, NORMS, Option
 
 POS_EMBEDS = ("learned", "sincos")
 
@@ -223,6 +223,21 @@ class ViT(nn.Module):
         return self.head(pooled)
 
 
+VIT_OPTIONS = (
+    Option("patch_size", int, 4, "pixels per side of a patch (one token); must divide the image size", ge=1),
+    Option("vit_heads", int, 4, "attention heads; must divide width", ge=1),
+    Option("vit_mlp_ratio", float, 2.0, "MLP hidden units per embedding dimension", gt=0),
+    Option("vit_pos_embed", str, "learned", "position embedding: learned, or fixed 2-D sin-cos (MoCo v3)",
+           choices=POS_EMBEDS),
+    Option("vit_cls_token", bool, True, "classify from a class token (false: the mean of the patch tokens)"),
+    Option("vit_freeze_patch", bool, False, "MoCo v3: the patch projection frozen at its random init"),
+    Option("vit_conv_stem", bool, False, "LV-ViT: an overlapping conv stem before the patch projection"),
+    Option("vit_residual_scale", float, 1.0, "LV-ViT α: x + α·f(x) on every residual branch", gt=0),
+    Option("drop_path", float, 0.0, "stochastic depth rate of the last block (linear from 0 in the first)", ge=0, lt=1),
+    Option("vit_mlp_head", bool, False, "a tanh hidden layer before the classifier (the ViT pre-training head)"),
+)
+
+
 def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear) and isinstance(module.weight, nn.Parameter):
         trunc_normal_(module.weight, std=0.02)
@@ -284,6 +299,7 @@ def _check(
     "LV-ViT conv stem and residual scale α, MLP head) and drop_path. The standard ViT uses norm=ln.",
     paper="Dosovitskiy et al. 2021, arXiv:2010.11929; Chen et al. 2021 (MoCo v3), arXiv:2104.02057; "
     "Jiang et al. 2021 (LV-ViT), arXiv:2104.10858",
+    options=VIT_OPTIONS,
 )
 def build_vit(
     *,

@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 
+from bench.zoo.optimizers import BETA1, EPS, eps_or
+from bench.zoo.registry import OPTIMIZERS, Option
+
+ADAX_BETA2 = Option("adax_beta2", float, 1e-4, "AdaX: growth rate of the long-term second moment", gt=0)
+
 
 class AdaX(torch.optim.Optimizer):
     def __init__(
@@ -61,3 +66,14 @@ class AdaX(torch.optim.Optimizer):
                 v_hat = v / ((1 + beta2) ** state["step"] - 1)
                 p.addcdiv_(m, v_hat.sqrt_().add_(group["eps"]), value=-group["lr"])
         return loss
+
+
+@OPTIMIZERS.register(
+    "adax",
+    "AdaX: long-term memory v ← (1 + adax_beta2)·v + adax_beta2·g² (1e-4), bias-corrected by (1 + β2)^t − 1; "
+    "no bias correction of m; eps 1e-12. Native decay: L2.",
+    paper="Li et al. 2020, arXiv:2004.09740",
+    options=(BETA1, ADAX_BETA2, EPS),
+)
+def adax(groups: list[dict[str, Any]], *, lr: float, beta1: float, adax_beta2: float, optimizer_eps: float | None) -> torch.optim.Optimizer:
+    return AdaX(groups, lr=lr, betas=(beta1, adax_beta2), eps=eps_or(optimizer_eps, 1e-12))

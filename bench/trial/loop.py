@@ -14,7 +14,6 @@ exception, with its traceback. A trial never raises.
 from __future__ import annotations
 
 import math
-import random
 import resource
 import sys
 import time
@@ -23,26 +22,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.data import DATASETS, DatasetSource, Splits, load_dataset
 from bench.errors import ConfigError
+from bench.metrics import declared_summary
 from bench.provenance import environment
-from bench.spec import ARCH_OPTIONS, TrialConfig
-from bench.zoo import mimic
-from bench.zoo.agc import clip_gradients
-from bench.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
-from bench.stability import StabilityParams
-from bench.zoo.archs import ARCHS, first_layer
-from bench.zoo.augment import AUGMENTS, Augment, AugmentContext, target_classes, value_range
-from bench.zoo.convs import ConvFactory, weight_norm_data_init
-from bench.zoo.norms import NormFactory, RenormSchedule, is_norm_module
-from bench.zoo.lawn import Lawn, final_layer_weights
-from bench.zoo.optimizers import make as make_optimizer
-from bench.zoo.schedules import SCHEDULES
+from bench.spec import TrialConfig
+from bench.trial.build import (
+    build_augment,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    conv_kind,
+    pick_device,
+    seed_everything,
+    steps_per_epoch,
+)
+from bench.trial.spikes import StabilityParams
+from bench.trial.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
+from bench.zoo.archs import first_layer
+from bench.zoo.augment import target_classes, value_range
+from bench.zoo.datasets import Splits, dataset_source, load_dataset
+from bench.zoo.optimizers.agc import clip_gradients
 
 Report = Callable[[dict[str, Any]], None]
 EVAL_BATCH = 1024
@@ -55,175 +58,6 @@ class TrialResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     env: dict[str, Any] = field(default_factory=dict)
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def norm_factory(config: TrialConfig) -> NormFactory:
-    return NormFactory(
-        config.norm,
-        groups=config.norm_groups,
-        group_size=config.norm_group_size,
-        eps=config.norm_eps,
-        momentum=config.norm_momentum,
-        affine=config.norm_affine,
-        virtual_batch=config.norm_virtual_batch,
-        renorm=RenormSchedule(
-            config.renorm_rmax, config.renorm_dmax, config.renorm_start, config.renorm_rmax_at, config.renorm_dmax_at
-        ),
-    )
-
-
-def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
-    """The architecture with the config's norm and conv; options left unset take the
-    builder's defaults. Model-level techniques are applied here: MimicNorm (centred convs
-    and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
-    options: dict[str, Any] = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
-    options.update({name: getattr(config, name) for name in ARCH_OPTIONS.get(config.arch, ())})
-    norm, conv = norm_factory(config), ConvFactory(config.conv)
-    if config.norm == "mimic":
-        if config.conv != "standard":
-            raise ConfigError(
-                f"MimicNorm brings its own conv (weight-centred, '{mimic.CONV}'); conv={config.conv!r} cannot be "
-                "combined with it. Leave conv unset with norm=mimic."
-            )
-        conv = ConvFactory(mimic.CONV)
-    model = ARCHS.get(config.arch)(
-        in_channels=source.in_channels, num_classes=source.num_classes, image_size=source.image_size, norm=norm, conv=conv, **options
-    )
-    if config.norm == "mimic":
-        model = mimic.wrap(model, source.num_classes, norm)
-    if config.train_only_norm:
-        freeze_all_but_norms(model)
-    return model
-
-
-def build_augment(
-    config: TrialConfig, image_size: int, num_classes: int, pixel_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-) -> Augment:
-    """The config's augmentation, ``(images, labels, generator) -> (images, targets)``;
-    ``pixel_range`` is the training images' per-channel (min, max), from :func:`value_range`
-    (None: build only, to validate the options). Mixing augmentations return class probabilities as targets:
-    the training loss is the cross-entropy against them, and the training accuracy counts
-    a prediction correct when it is the target's most probable class (the dominant label)."""
-    low, high = pixel_range if pixel_range is not None else (None, None)
-    context = AugmentContext(
-        image_size=image_size,
-        num_classes=num_classes,
-        low=low,
-        high=high,
-        mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha,
-        autoaugment_policy=config.autoaugment_policy,
-        randaugment_ops=config.randaugment_ops,
-        randaugment_magnitude=config.randaugment_magnitude,
-    )
-    return AUGMENTS.get(config.augment)(context)
-
-
-def freeze_all_but_norms(model: nn.Module) -> None:
-    """Train only BatchNorm (Frankle et al. 2020, arXiv:2003.00152): every weight stays at
-    its random initialization except the norm layers' affine γ and β."""
-    norm_params = {id(p) for m in model.modules() if is_norm_module(m) for p in m.parameters()}
-    if not norm_params:
-        raise ConfigError(
-            "train_only_norm=true trains only the norm layers' γ and β, but this model has none (norm=none, "
-            "norm_affine=false, or a normalizer-free architecture). Choose a norm with an affine transform, e.g. bn."
-        )
-    for p in model.parameters():
-        p.requires_grad_(id(p) in norm_params)
-
-
-def build_optimizer(config: TrialConfig, model: nn.Module, steps: int = 1) -> torch.optim.Optimizer:
-    """The config's optimizer over the model's trainable parameters, with its weight-decay
-    form and, when asked, LAWN stacked on it (free phase measured in optimizer steps)."""
-    optimizer = make_optimizer(
-        config.optimizer,
-        model,
-        weight_decay=config.weight_decay,
-        weight_decay_mode=config.weight_decay_mode,
-        exclude_1d=config.wd_exclude_1d,
-        lr=config.effective_lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        beta1=config.beta1,
-        beta2=config.beta2,
-        eps=config.optimizer_eps,
-        rmsprop_alpha=config.rmsprop_alpha,
-        adadelta_rho=config.adadelta_rho,
-        adax_beta2=config.adax_beta2,
-        lars_eta=config.lars_eta,
-        adabound_final_lr=config.adabound_final_lr,
-        adabound_gamma=config.adabound_gamma,
-    )
-    if config.lawn:
-        Lawn(optimizer, final_layer_weights(model, config.lawn_layers), free_steps=round(config.lawn_free_epochs * steps))
-    return optimizer
-
-
-def steps_per_epoch(config: TrialConfig, train_size: int) -> int:
-    """Full batches per epoch: the last partial batch is dropped, so every step sees
-    exactly ``batch_size`` examples (BatchNorm statistics stay comparable)."""
-    return train_size // config.batch_size
-
-
-def schedule_factor(config: TrialConfig, steps: int) -> Callable[[int], float]:
-    """The config's schedule as a function of the optimizer step (``steps`` per epoch)."""
-    return SCHEDULES.get(config.schedule)(
-        total_steps=steps * config.epochs,
-        steps_per_epoch=steps,
-        warmup_steps=round(config.warmup_epochs * steps),
-        milestones=config.lr_milestones,
-        gamma=config.lr_gamma,
-        sgdr_t0=config.sgdr_t0,
-        sgdr_t_mult=config.sgdr_t_mult,
-        poly_power=config.poly_power,
-        onecycle_pct=config.onecycle_pct,
-        onecycle_div=config.onecycle_div,
-        onecycle_final_div=config.onecycle_final_div,
-    )
-
-
-def schedule_curve(config: TrialConfig, steps_per_epoch: int) -> tuple[list[float], list[float]]:
-    """(epoch of each step, learning rate at that step) over the whole run: what
-    ``bench zoo schedules --plot`` draws and the ``lr-schedule`` report section shows."""
-    factor = schedule_factor(config, steps_per_epoch)
-    total = steps_per_epoch * config.epochs
-    return [s / steps_per_epoch for s in range(total)], [config.effective_lr * factor(s) for s in range(total)]
-
-
-def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(config, steps))
-
-
-def preflight(config: TrialConfig) -> None:
-    """Checks that need the zoo, done before any trial starts: the model builds with this
-    norm (e.g. GroupNorm's groups divide every layer's channels), the optimizer and the
-    schedule accept their options, and the batch fits the training set. Built on the
-    meta device: no memory, no data."""
-    source = DATASETS.get(config.dataset)
-    train_size = min(source.train_size, config.train_subset or source.train_size)
-    if config.batch_size > train_size:
-        raise ConfigError(
-            f"batch_size={config.batch_size} is larger than the training set ({train_size} images of "
-            f"{config.dataset}{' after train_subset' if config.train_subset else ''}); no full batch fits."
-        )
-    steps = steps_per_epoch(config, train_size)
-    build_augment(config, source.image_size, source.num_classes)
-    with torch.device("meta"):
-        model = build_model(config, source)
-        optimizer = build_optimizer(config, model, steps)
-    build_schedule(config, optimizer, steps)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -289,7 +123,7 @@ def _train(
     if data is None:
         data = load_dataset(config.dataset, data_dir=data_dir, train_subset=config.train_subset, val_subset=config.val_subset)
     data = data.to(device)
-    model = build_model(config, DATASETS.get(config.dataset)).to(device)
+    model = build_model(config, dataset_source(config.dataset)).to(device)
     steps = steps_per_epoch(config, len(data.train_x))
     if steps < 1:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data.train_x)} training images.")
@@ -297,10 +131,11 @@ def _train(
     scheduler = build_schedule(config, optimizer, steps)
     augment = build_augment(config, data.image_size, data.num_classes, value_range(data.train_x))
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    if config.wn_init:
-        # the paper initializes on one minibatch; a larger one (up to 512) gives steadier statistics
+    data_init = conv_kind(config).data_init
+    if data_init is not None:
+        # weight norm's paper initializes on one minibatch; a larger one (up to 512) gives steadier statistics
         init_idx = torch.randperm(len(data.train_x), generator=gen, device=device)[: max(config.batch_size, 512)]
-        weight_norm_data_init(model, data.train_x[init_idx])
+        data_init(model, data.train_x[init_idx])
     params = [p for p in model.parameters() if p.requires_grad]
     summary = result.summary
     summary.update(effective_lr=config.effective_lr, steps_per_epoch=steps, device=str(device))
@@ -388,8 +223,10 @@ def _close_steplog(steplog: StepLog | None, config: TrialConfig, summary: dict[s
 
 
 def _final(epochs: list[dict[str, Any]], best_val: float, step: int, train_seconds: float, device: torch.device) -> dict[str, Any]:
+    """The run metrics of the end of a trial (see :mod:`bench.metrics` for their definitions;
+    a key not declared there raises)."""
     last = epochs[-1] if epochs else {}
-    return {
+    return declared_summary({
         "epochs_done": len(epochs),
         "steps": step,
         "final_val_acc": last.get("val_acc"),
@@ -400,4 +237,4 @@ def _final(epochs: list[dict[str, Any]], best_val: float, step: int, train_secon
         "train_seconds": train_seconds,
         "samples_per_s": (sum(e["samples_per_s"] * e["train_seconds"] for e in epochs) / train_seconds) if epochs and train_seconds else None,
         "peak_mem_mb": _peak_memory_mb(device),
-    }
+    })

@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from bench.errors import UnknownNameError
-
-WEIGHT_DECAY_MODES = ("native", "l2", "decoupled")
+from bench.zoo.optimizers import WEIGHT_DECAY_MODES
 DECAY_KEY = "bench_decay"  # the decay a pre-hook applies, kept in the group when the optimizer gets 0
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from bench.zoo.norms import NORMS, NormFactory
+from bench.zoo.norms import NORM_EPS, NORM_MOMENTUM, NormFactory
+from bench.zoo.registry import NORMS
 
 CONV = "centered"
 
@@ -22,15 +23,17 @@ CONV = "centered"
     "mimic",
     "MimicNorm: weight-centred convs, no norm layers, one BatchNorm on the logits.",
     paper="Fei et al. 2021, arXiv:2010.09278",
+    options=(NORM_EPS, NORM_MOMENTUM),
     tags=("model",),
+    info={"conv": CONV},
 )
-def _no_layer_norm(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
+def mimic(num_channels: int, dims: int, *, norm_eps: float, norm_momentum: float) -> nn.Module:
     return nn.Identity()
 
 
 def wrap(model: nn.Module, num_classes: int, opts: NormFactory) -> nn.Module:
     """The network followed by the last BatchNorm over the logits, without affine
     (``nn.BatchNorm1d(num_classes, affine=False)`` in the authors' code)."""
-    last = nn.BatchNorm1d(num_classes, eps=opts.eps, momentum=opts.momentum, affine=False)
+    last = nn.BatchNorm1d(num_classes, eps=opts.options["norm_eps"], momentum=opts.options["norm_momentum"], affine=False)
     last.is_bench_norm = True
     return nn.Sequential(model, last)

@@ -26,6 +26,7 @@ docstrings.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +34,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.zoo.norms import NORMS, NormFactory, RenormSchedule
+from bench.zoo.norms import BATCH_NORM_OPTIONS, GROUP_OPTIONS, NORM_AFFINE, NORM_EPS, groups_for
+from bench.zoo.registry import NORMS, Option
+
+NORM_VIRTUAL_BATCH = Option(
+    "norm_virtual_batch", int, None, "Ghost BatchNorm: examples per virtual batch (null: the whole batch)", ge=1,
+    nullable=True,
+)
+RENORM_OPTIONS = (
+    Option("renorm_rmax", float, 3.0, "Batch Renorm: final r_max (r is clipped to [1/r_max, r_max])", ge=1),
+    Option("renorm_dmax", float, 5.0, "Batch Renorm: final d_max (d is clipped to [−d_max, d_max])", ge=0),
+    Option("renorm_start", int, 5000, "Batch Renorm: plain BatchNorm (r_max 1, d_max 0) until this step",
+           unit="optimizer steps", ge=0),
+    Option("renorm_rmax_at", int, 40000, "Batch Renorm: step at which r_max is reached", unit="optimizer steps", ge=0),
+    Option("renorm_dmax_at", int, 25000, "Batch Renorm: step at which d_max is reached", unit="optimizer steps", ge=0),
+)
+
+
+@dataclass(frozen=True)
+class RenormSchedule:
+    """Batch Renormalization's clipping bounds over training steps (Ioffe 2017, §4):
+    r_max = 1 and d_max = 0 (plain BatchNorm) until ``start``, then relaxed linearly to
+    ``rmax`` at step ``rmax_at`` and ``dmax`` at step ``dmax_at``. The paper's ImageNet
+    schedule: start 5k, r_max 3 at 40k, d_max 5 at 25k."""
+
+    rmax: float = 3.0
+    dmax: float = 5.0
+    start: int = 5000
+    rmax_at: int = 40000
+    dmax_at: int = 25000
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        def ramp(end: int) -> float:
+            if step <= self.start:
+                return 0.0
+            return 1.0 if end <= self.start else min(1.0, (step - self.start) / (end - self.start))
+
+        return 1.0 + (self.rmax - 1.0) * ramp(self.rmax_at), self.dmax * ramp(self.dmax_at)
 
 
 def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -246,7 +283,7 @@ class BatchRenorm(nn.Module):
     buffer ``running_std`` holds σ, the moving average of σ_B, which already includes ε
     (so eval divides by σ with no further ε); it starts at 1 and ``running_mean`` at 0.
 
-    Schedule: (r_max, d_max) = ``schedule.bounds(step)`` (:class:`~bench.zoo.norms.RenormSchedule`),
+    Schedule: (r_max, d_max) = ``schedule.bounds(step)`` (:class:`RenormSchedule`),
     where ``step`` is the number of training-mode forward passes this layer has run
     before the current one (0 on the first). The count is the buffer ``num_steps``, so it is
     saved and restored with the state dict; a Python mirror of it is read in the forward
@@ -416,17 +453,21 @@ class BatchChannelNorm(nn.Module):
     "Ghost BatchNorm: batch statistics per virtual batch of norm_virtual_batch examples (unset: the whole "
     "batch); running statistics from their mean; eval as BatchNorm.",
     paper="Hoffer et al. 2017, arXiv:1705.08741",
+    options=(NORM_VIRTUAL_BATCH, *BATCH_NORM_OPTIONS),
     tags=("batch",),
 )
-def _bn_ghost(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
-    if dims == 1 and opts.virtual_batch == 1:
+def bn_ghost(
+    num_channels: int, dims: int, *, norm_virtual_batch: int | None, norm_eps: float, norm_momentum: float,
+    norm_affine: bool,
+) -> nn.Module:
+    if dims == 1 and norm_virtual_batch == 1:
         raise ConfigError(
             "Ghost BatchNorm with norm_virtual_batch=1 on vector features (N, C), as in the MLP, normalizes each "
             "value by itself (one value per channel per virtual batch), which leaves no batch statistics. Use "
             "norm_virtual_batch ≥ 2 for the MLP."
         )
     return GhostBatchNorm(
-        num_channels, virtual_batch=opts.virtual_batch, eps=opts.eps, momentum=opts.momentum, affine=opts.affine
+        num_channels, virtual_batch=norm_virtual_batch, eps=norm_eps, momentum=norm_momentum, affine=norm_affine
     )
 
 
@@ -435,10 +476,11 @@ def _bn_ghost(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
     "Frozen BatchNorm: fixed running statistics in training and eval, never updated, learnable γ, β; from scratch "
     "(mean 0, var 1) a per-channel affine control, with loaded statistics the fine-tuning layer.",
     paper="He et al. 2016, arXiv:1512.03385 (App. A, BN fixed when fine-tuning)",
+    options=(NORM_EPS, NORM_AFFINE),
     tags=("batch",),
 )
-def _bn_frozen(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
-    return FrozenBatchNorm(num_channels, eps=opts.eps, affine=opts.affine)
+def bn_frozen(num_channels: int, dims: int, *, norm_eps: float, norm_affine: bool) -> nn.Module:
+    return FrozenBatchNorm(num_channels, eps=norm_eps, affine=norm_affine)
 
 
 @NORMS.register(
@@ -446,10 +488,15 @@ def _bn_frozen(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
     "Batch Renormalization: batch statistics corrected toward moving μ, σ by r, d, clipped to r_max, d_max on the "
     "renorm_* schedule; eval uses the moving μ, σ.",
     paper="Ioffe 2017, arXiv:1702.03275",
+    options=(*RENORM_OPTIONS, *BATCH_NORM_OPTIONS),
     tags=("batch",),
 )
-def _brn(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
-    return BatchRenorm(num_channels, schedule=opts.renorm, eps=opts.eps, momentum=opts.momentum, affine=opts.affine)
+def brn(
+    num_channels: int, dims: int, *, renorm_rmax: float, renorm_dmax: float, renorm_start: int, renorm_rmax_at: int,
+    renorm_dmax_at: int, norm_eps: float, norm_momentum: float, norm_affine: bool,
+) -> nn.Module:
+    schedule = RenormSchedule(renorm_rmax, renorm_dmax, renorm_start, renorm_rmax_at, renorm_dmax_at)
+    return BatchRenorm(num_channels, schedule=schedule, eps=norm_eps, momentum=norm_momentum, affine=norm_affine)
 
 
 @NORMS.register(
@@ -457,9 +504,12 @@ def _brn(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
     "Batch-Channel Normalization: BatchNorm with estimated (running) statistics, then GroupNorm over norm_groups "
     "groups (or norm_group_size) with a per-group affine.",
     paper="Qiao et al. 2019, arXiv:1903.10520",
+    options=(*GROUP_OPTIONS, *BATCH_NORM_OPTIONS),
     tags=("batch",),
 )
-def _bcn(num_channels: int, dims: int, opts: NormFactory) -> nn.Module:
-    return BatchChannelNorm(
-        num_channels, opts.groups_for(num_channels), eps=opts.eps, momentum=opts.momentum, affine=opts.affine
-    )
+def bcn(
+    num_channels: int, dims: int, *, norm_groups: int, norm_group_size: int | None, norm_eps: float,
+    norm_momentum: float, norm_affine: bool,
+) -> nn.Module:
+    groups = groups_for(num_channels, norm_groups, norm_group_size)
+    return BatchChannelNorm(num_channels, groups, eps=norm_eps, momentum=norm_momentum, affine=norm_affine)

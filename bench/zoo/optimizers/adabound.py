@@ -23,6 +23,15 @@ from typing import Any
 
 import torch
 
+from bench.zoo.optimizers import ADAM_OPTIONS, eps_or
+from bench.zoo.registry import OPTIMIZERS, Option
+
+ADABOUND_FINAL_LR = Option(
+    "adabound_final_lr", float, 0.1, "AdaBound: the SGD learning rate the bounds converge to (scaled with the lr schedule)",
+    ge=0,
+)
+ADABOUND_GAMMA = Option("adabound_gamma", float, 0.001, "AdaBound: convergence speed of the bounds", ge=0)
+
 
 class AdaBound(torch.optim.Optimizer):
     def __init__(
@@ -77,3 +86,16 @@ class AdaBound(torch.optim.Optimizer):
 def bounds(final_lr: float, gamma: float, t: int) -> tuple[float, float]:
     """The paper's bound functions at step ``t`` (1-based): both converge to ``final_lr``."""
     return final_lr * (1 - 1 / (gamma * t + 1)), final_lr * (1 + 1 / (gamma * t))
+
+
+@OPTIMIZERS.register(
+    "adabound",
+    "AdaBound: Adam with its step size clipped into bounds converging to adabound_final_lr (0.1, scaled with "
+    "the lr schedule) at speed adabound_gamma (1e-3); eps 1e-8. Native decay: L2.",
+    paper="Luo et al. 2019, arXiv:1902.09843",
+    options=(*ADAM_OPTIONS, ADABOUND_FINAL_LR, ADABOUND_GAMMA),
+)
+def adabound(groups: list[dict[str, Any]], *, lr: float, beta1: float, beta2: float, optimizer_eps: float | None, adabound_final_lr: float, adabound_gamma: float) -> torch.optim.Optimizer:
+    return AdaBound(
+        groups, lr=lr, betas=(beta1, beta2), final_lr=adabound_final_lr, gamma=adabound_gamma, eps=eps_or(optimizer_eps, 1e-8)
+    )

@@ -9,7 +9,7 @@ instrumentation adds no synchronisation per step beyond the one the loss check a
 makes.
 
 At the end of the run :meth:`StepLog.stability` turns the whole series into the run's
-stability metrics (:mod:`bench.stability`), which go into the run's summary; the report
+stability metrics (:mod:`bench.trial.spikes`), which go into the run's summary; the report
 recomputes them from the stored steps when it is asked for other thresholds.
 """
 
@@ -21,15 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.stability import StabilityParams, stability
+from bench.metrics import STABILITY_METRICS
+from bench.trial.spikes import StabilityParams, stability
 
 StepReport = Callable[[list[dict[str, Any]]], None]
 
 #: The fields of one step record, besides ``step`` (0-based optimizer step) and ``epoch``.
 STEP_FIELDS = ("loss", "acc", "grad_norm", "first_grad_norm", "lr")
 
-#: The stability metrics copied into a run's summary (numbers, so tables can show them).
-SUMMARY_KEYS = ("loss_spikes", "grad_spikes", "preceded_spikes", "max_acc_drop")
+#: The stability metrics copied into a run's summary: the run metrics of bench.metrics that need steps.
+SUMMARY_KEYS = STABILITY_METRICS
 
 
 def grad_norm(params: list[nn.Parameter]) -> torch.Tensor | None:
@@ -80,7 +81,7 @@ class StepLog:
         self.report(records)
 
     def stability(self, params: StabilityParams) -> dict[str, Any]:
-        """The stability metrics of the steps so far (see :func:`bench.stability.stability`)."""
+        """The stability metrics of the steps so far (see :func:`bench.trial.spikes.stability`)."""
         import pandas as pd
 
         if not self.series["step"]:

@@ -18,7 +18,6 @@ Parameters are clipped tensor by tensor as stored: a reparametrized layer's para
 
 from __future__ import annotations
 
-from timm.utils.agc import adaptive_clip_grad
 from torch import nn
 
 from bench.errors import ConfigError
@@ -54,4 +53,6 @@ def clip_gradients(model: nn.Module, clip: float, eps: float = 1e-3) -> None:
         )
     excluded = {id(p) for p in classifier_parameters(model)}
     params = [p for p in model.parameters() if p.grad is not None and id(p) not in excluded]
+    from timm.utils.agc import adaptive_clip_grad  # here: importing timm.utils loads most of timm
+
     adaptive_clip_grad(params, clip_factor=clip, eps=eps)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError, ConfigError
-from bench.registry import Registry
+from bench.zoo.registry import DATASETS
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -96,8 +96,9 @@ class Splits:
         )
 
 
-# Registered objects are DatasetSource instances, not factories.
-DATASETS: Registry[Any] = Registry("dataset")
+def dataset_source(name: str) -> DatasetSource:
+    """The registered dataset ``name``: its shape and loader (entries build their source)."""
+    return DATASETS.get(name)()
 
 
 def default_data_dir() -> Path:
@@ -121,7 +122,7 @@ def load_dataset(
     many images, the same for every trial of a study whatever its seed; a subset larger
     than the split keeps the whole split.
     """
-    source: DatasetSource = DATASETS.get(name)
+    source = dataset_source(name)
     _check_subset("train_subset", train_subset)
     _check_subset("val_subset", val_subset)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -499,49 +500,60 @@ def _load_synthetic(_root: Path) -> Arrays:
     return train_x, train_y, val_x, val_y
 
 
-def _register(source: DatasetSource, description: str, paper: str = "") -> None:
-    DATASETS.register(source.name, description, paper)(source)
-
-
-_register(
-    DatasetSource("digits", 1, 8, 10, _load_digits, needs_files=False, train_size=1437),
-    "scikit-learn's bundled 8×8 handwritten digits (1,437 train / 360 val); the offline "
-    "default, needs no download",
+@DATASETS.register(
+    "digits",
+    "scikit-learn's bundled 8×8 handwritten digits (1,437 train / 360 val); the offline default, needs no download",
     "Alpaydin & Kaynak 1998, UCI Optical Recognition of Handwritten Digits",
 )
-_register(
-    DatasetSource(
-        "synthetic",
-        SYNTHETIC_SHAPE[0],
-        SYNTHETIC_SHAPE[1],
-        SYNTHETIC_CLASSES,
-        _load_synthetic,
-        needs_files=False,
-        train_size=SYNTHETIC_TRAIN,
-    ),
-    f"Deterministic Gaussian class prototypes plus noise, 1×8×8, {SYNTHETIC_CLASSES} classes, "
-    f"{SYNTHETIC_TRAIN} train / {SYNTHETIC_VAL} val; for fast tests",
+def digits() -> DatasetSource:
+    return DatasetSource("digits", 1, 8, 10, _load_digits, needs_files=False, train_size=1437)
+
+
+@DATASETS.register(
+    "synthetic",
+    "Deterministic Gaussian class prototypes plus noise, 1×8×8, 10 classes, 512 train / 128 val; for fast tests",
 )
-_register(
-    DatasetSource("mnist", 1, 28, 10, _mnist_loader("mnist", "MNIST"), needs_files=True, train_size=60000),
+def synthetic() -> DatasetSource:
+    return DatasetSource(
+        "synthetic", SYNTHETIC_SHAPE[0], SYNTHETIC_SHAPE[1], SYNTHETIC_CLASSES, _load_synthetic, needs_files=False,
+        train_size=SYNTHETIC_TRAIN,
+    )
+
+
+@DATASETS.register(
+    "mnist",
     "MNIST handwritten digits, 1×28×28, 60,000 train / 10,000 val",
     "LeCun et al. 1998, Gradient-based learning applied to document recognition",
 )
-_register(
-    DatasetSource(
-        "fashion-mnist", 1, 28, 10, _mnist_loader("fashion-mnist", "FashionMNIST"), needs_files=True,
-        train_size=60000,
-    ),
+def mnist() -> DatasetSource:
+    return DatasetSource("mnist", 1, 28, 10, _mnist_loader("mnist", "MNIST"), needs_files=True, train_size=60000)
+
+
+@DATASETS.register(
+    "fashion-mnist",
     "Fashion-MNIST clothing images, 1×28×28, 10 classes, 60,000 train / 10,000 val",
     "Xiao et al. 2017, Fashion-MNIST (arXiv:1708.07747)",
 )
-_register(
-    DatasetSource("cifar10", 3, 32, 10, _cifar_loader("cifar10", _CIFAR10), needs_files=True, train_size=50000),
+def fashion_mnist() -> DatasetSource:
+    loader = _mnist_loader("fashion-mnist", "FashionMNIST")
+    return DatasetSource("fashion-mnist", 1, 28, 10, loader, needs_files=True, train_size=60000)
+
+
+@DATASETS.register(
+    "cifar10",
     "CIFAR-10 natural images, 3×32×32, 10 classes, 50,000 train / 10,000 val",
     "Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
 )
-_register(
-    DatasetSource("cifar100", 3, 32, 100, _cifar_loader("cifar100", _CIFAR100), needs_files=True, train_size=50000),
+def cifar10() -> DatasetSource:
+    return DatasetSource("cifar10", 3, 32, 10, _cifar_loader("cifar10", _CIFAR10), needs_files=True, train_size=50000)
+
+
+@DATASETS.register(
+    "cifar100",
     "CIFAR-100 natural images, 3×32×32, 100 fine classes, 50,000 train / 10,000 val",
     "Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
 )
+def cifar100() -> DatasetSource:
+    return DatasetSource(
+        "cifar100", 3, 32, 100, _cifar_loader("cifar100", _CIFAR100), needs_files=True, train_size=50000
+    )

@@ -1,0 +1,246 @@
+"""Trial configurations: every knob of one trial, derived from the declarations.
+
+A :class:`TrialConfig`'s fields are the trial-level options below (:data:`TRIAL_OPTIONS`:
+the data, the choices of each registry, the budget) plus every option a registry entry
+declares (:mod:`bench.zoo.registry`). Nothing here lists an entry's options again: their
+type, default, range, the trial-id rule and the builders' keyword arguments all come from
+the one declaration.
+
+Its canonical JSON (sorted keys, fields at their default left out, options the chosen
+entries do not read left out) hashed with SHA-256 is the trial id: two identical configs
+are the same trial, whichever study asks for it, and the store answers the second request
+from the first run. The stored config always spells out every field.
+
+Nothing here imports torch: entries' declarations are read from the zoo's source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError, UnknownNameError
+from bench.zoo.optimizers import WEIGHT_DECAY_MODES
+from bench.zoo.registry import REGISTRIES, Option
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+# The options every trial reads (``when``: only while that bool field is true). The fields
+# named like a registry (dataset, augment, arch, norm, conv, optimizer, schedule) choose
+# its entry; the entry's own options follow from its declaration.
+TRIAL_OPTIONS: tuple[Option, ...] = (
+    # data
+    Option("dataset", str, "digits", "the dataset (bench zoo datasets)"),
+    Option("train_subset", int, None, "a fixed class-stratified subset of the training images (null: all)",
+           unit="images", ge=1, nullable=True),
+    Option("val_subset", int, None, "a fixed class-stratified subset of the validation images (null: all)",
+           unit="images", ge=1, nullable=True),
+    Option("augment", str, "none", "the augmentation (bench zoo augments)"),
+    Option("label_smoothing", float, 0.0, "ε of the cross-entropy's smoothed targets", ge=0, lt=1),
+    # model
+    Option("arch", str, "cnn", "the architecture (bench zoo archs)"),
+    Option("width", int, None, "base channels / hidden units / embedding dim (null: the architecture's default)",
+           ge=1, nullable=True),
+    Option("depth", int, None, "layers (cnn, mlp), 6n+2 (resnet), 11|13|16|19 (vgg), blocks (vit); null: default",
+           ge=1, nullable=True),
+    Option("norm", str, "bn", "the normalization (bench zoo norms)"),
+    Option("conv", str, "standard", "the weight reparametrization of conv and linear layers (bench zoo convs)"),
+    Option("train_only_norm", bool, False, "freeze every weight at init except the norm layers' γ and β"),
+    Option("agc_clip", float, 0.0, "adaptive gradient clipping λ (0: off); the classifier is not clipped", ge=0),
+    # optimization
+    Option("optimizer", str, "sgd", "the optimizer (bench zoo optimizers)"),
+    Option("lr", float, 0.05, "peak learning rate at lr_base_batch examples per step", ge=0),
+    Option("lr_scaling", str, "linear", "how lr follows batch_size", choices=LR_SCALING_RULES),
+    Option("lr_base_batch", int, 32, "batch size at which lr applies unscaled", unit="examples", ge=1),
+    Option("weight_decay", float, 5e-4, "weight decay coefficient", ge=0),
+    Option("weight_decay_mode", str, "native", "how weight decay applies (bench.zoo.optimizers.weight_decay)",
+           choices=WEIGHT_DECAY_MODES),
+    Option("wd_exclude_1d", bool, False, "biases and norm γ/β: no weight decay, no LARS/LAMB adaptation"),
+    Option("lawn", bool, False, "LAWN: after a free phase, hold the final layers' weight norms fixed"),
+    Option("lawn_free_epochs", float, 1.0, "LAWN: unconstrained training before the constraint", unit="epochs",
+           ge=0, when="lawn"),
+    Option("lawn_layers", int, 1, "LAWN: how many final weight layers are constrained", ge=1, when="lawn"),
+    Option("schedule", str, "cosine", "the learning-rate schedule (bench zoo schedules)"),
+    Option("warmup_epochs", float, 0.0, "linear warm-up before the schedule", unit="epochs", ge=0),
+    # budget
+    Option("batch_size", int, 32, "examples per optimizer step", unit="examples", ge=1),
+    Option("epochs", int, 5, "passes over the training set", ge=1),
+    Option("seed", int, 0, "seeds the model's init, the batch order and the augmentation"),
+    Option("diverge_factor", float, 10.0, "divergence: a loss NaN/inf or above this × the first step's loss", gt=1),
+    Option("log_steps", bool, False, "record every optimizer step and the run's stability metrics"),
+)
+
+
+def _collect_options() -> tuple[dict[str, Option], dict[str, list[tuple[str, Any]]]]:
+    """Every option by name, and who reads it: (field, entry name) pairs, or (when, True)."""
+    options: dict[str, Option] = {o.name: o for o in TRIAL_OPTIONS}
+    readers: dict[str, list[tuple[str, Any]]] = {o.name: [(o.when, True)] for o in TRIAL_OPTIONS if o.when}
+    for field_name, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            for option in entry.options:
+                known = options.setdefault(option.name, option)
+                if option.name in {o.name for o in TRIAL_OPTIONS}:
+                    raise ConfigError(f"The {entry.kind} {entry.name!r} declares {option.name!r}, a trial-level field; "
+                                      "give the option another name.")
+                if known != option:
+                    raise ConfigError(
+                        f"The option {option.name!r} is declared differently by two entries (the {entry.kind} "
+                        f"{entry.name!r} and another): {known} vs {option}. Declare it once and share the declaration."
+                    )
+                readers.setdefault(option.name, []).append((field_name, entry.name))
+    return options, readers
+
+
+OPTIONS, _READERS = _collect_options()
+
+
+def readers_of(name: str) -> list[tuple[str, Any]]:
+    """(field, value) pairs that make a trial read option ``name``; empty for options every trial reads."""
+    return list(_READERS.get(name, []))
+
+
+def _type_text(option: Option) -> str:
+    base = {int: "int", float: "float", bool: "bool", str: "str", tuple: "tuple[float, ...]"}[option.type]
+    return f"{base} | None" if option.nullable else base
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class _TrialConfigBase:
+    """Methods of :class:`TrialConfig`; its fields come from the declarations."""
+
+    def __post_init__(self) -> None:
+        for name, option in OPTIONS.items():
+            object.__setattr__(self, name, option.coerce(getattr(self, name)))
+        self._check_names()
+        self._check_values()
+
+    # -- validation -------------------------------------------------------------------
+    def _check_names(self) -> None:
+        for field_name, registry in REGISTRIES.items():
+            registry.check(getattr(self, field_name))
+
+    def _check_values(self) -> None:
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs={self.epochs}).")
+        if self.lawn and self.lawn_free_epochs >= self.epochs:
+            raise ConfigError(
+                f"LAWN trains freely for lawn_free_epochs={self.lawn_free_epochs} and then constrains; with "
+                f"epochs={self.epochs} the constrained phase never starts. Set lawn_free_epochs below epochs."
+            )
+        if self.norm == "bn-ghost":
+            virtual = self.norm_virtual_batch or self.batch_size
+            if self.batch_size % virtual:
+                raise ConfigError(
+                    f"Ghost BatchNorm splits each batch into virtual batches of norm_virtual_batch={virtual} "
+                    f"examples, which must divide batch_size={self.batch_size}."
+                )
+
+    # -- identity ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {name: _jsonable(getattr(self, name)) for name in OPTIONS}
+
+    def reads(self) -> set[str]:
+        """The options this trial reads: the trial-level ones (those with ``when`` only
+        while switched on) and the ones its chosen entries declare."""
+        out = {o.name for o in TRIAL_OPTIONS if o.when is None or getattr(self, o.when)}
+        for field_name, registry in REGISTRIES.items():
+            out.update(registry.entry(getattr(self, field_name)).option_names)
+        return out
+
+    @property
+    def trial_id(self) -> str:
+        """SHA-256 of the canonical config: sorted keys, and fields at their default left
+        out. Leaving defaults out is what lets the harness grow: a new knob is added with a
+        default that reproduces the old behaviour, so every stored result keeps its id.
+        The other half of that contract is that a default never changes (pinned by a test)."""
+        canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def canonical(self) -> dict[str, Any]:
+        """What identifies the trial: the fields that differ from their defaults, less the
+        options that do nothing for this trial (GroupNorm's groups when the norm is bn), so
+        a study that sets them in its base for every norm still shares trials with others."""
+        read = self.reads()
+        return {k: v for k, v in self.to_dict().items() if v != DEFAULTS[k] and k in read}
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate after the batch-size scaling rule (the derived value)."""
+        return scaled_lr(self.lr, self.batch_size, self.lr_base_batch, self.lr_scaling)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return from_mapping({**self.to_dict(), **changes})
+
+
+TrialConfig = dataclasses.make_dataclass(
+    "TrialConfig",
+    [(name, _type_text(o), dataclasses.field(default=o.default)) for name, o in OPTIONS.items()],
+    bases=(_TrialConfigBase,),
+    frozen=True,
+)
+TrialConfig.__module__ = __name__  # pickling (Ray ships configs to workers) finds it here
+TrialConfig.__doc__ = (
+    "Every knob of one trial: the trial-level options and every registry entry's declared options "
+    "(``bench zoo KIND`` lists them with units and ranges)."
+)
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+DEFAULTS: dict[str, Any] = {name: _jsonable(o.default) for name, o in OPTIONS.items()}
+
+
+def scaled_lr(base_lr: float, batch_size: int, base_batch: int, rule: str) -> float:
+    """lr for ``batch_size`` given ``base_lr`` at ``base_batch``: none → base_lr;
+    linear (Goyal et al. 2017) → base_lr·B/B₀; sqrt (Krizhevsky 2014) → base_lr·√(B/B₀)."""
+    ratio = batch_size / base_batch
+    return {"none": base_lr, "linear": base_lr * ratio, "sqrt": base_lr * math.sqrt(ratio)}[rule]
+
+
+def from_mapping(values: Mapping[str, Any]) -> TrialConfig:
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise UnknownNameError("config key", unknown[0], OPTIONS)
+    return TrialConfig(**values)
+
+
+def trial_from_assignments(values: Mapping[str, Any]) -> TrialConfig:
+    """One trial from values a user set (``bench train --set``): a set option that the
+    trial does not read is refused, as in a study."""
+    from bench.spec.study import does_nothing
+
+    config = from_mapping(values)
+    read = config.reads()
+    for key in values:
+        if key not in read:
+            raise ConfigError(does_nothing(key, [config]))
+    return config
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as YAML (3 → int,
+    0.1 → float, true → bool, [0.5, 0.75] → list, anything else → string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"Expected KEY=VALUE (for example --set batch_size=8); got {text!r}.")
+    if key not in OPTIONS:
+        raise UnknownNameError("config key", key, OPTIONS)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if value is None and not OPTIONS[key].nullable:
+        raise ConfigError(f"--set {key}= needs a value ({OPTIONS[key].type_name}).")
+    return key, value
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
+    return dict(parse_assignment(item) for item in items)

@@ -1,0 +1,157 @@
+"""What one trial trains: the model, optimizer, schedule and augmentation its config names.
+
+Each is built by its registry (:meth:`bench.zoo.registry.Registry.build`), which passes
+an entry exactly the options it declares, so nothing here maps config fields to keyword
+arguments. What stacks on any entry is applied here: MimicNorm's model-level change,
+"train only the norm layers", the weight-decay form, LAWN.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.errors import ConfigError
+from bench.spec import TrialConfig
+from bench.zoo.augment import Augment, AugmentContext
+from bench.zoo.convs import ConvFactory, ConvKind
+from bench.zoo.datasets import DatasetSource, dataset_source
+from bench.zoo.norms import NormFactory, is_norm_module
+from bench.zoo.optimizers import make as make_optimizer
+from bench.zoo.registry import ARCHS, AUGMENTS, CONVS, NORMS
+from bench.zoo.schedules import schedule_factor
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def norm_factory(config: TrialConfig) -> NormFactory:
+    return NormFactory(config.norm, NORMS.entry(config.norm).kwargs(config))
+
+
+def conv_factory(config: TrialConfig) -> ConvFactory:
+    """The config's conv reparametrization; a model-level norm may bring its own (MimicNorm's
+    centred convs: ``info['conv']``), which no other conv may replace."""
+    forced = NORMS.entry(config.norm).info.get("conv")
+    if forced and config.conv != "standard":
+        raise ConfigError(
+            f"norm={config.norm} brings its own conv ({forced!r}); conv={config.conv!r} cannot be combined with it. "
+            f"Leave conv unset with norm={config.norm}."
+        )
+    name = forced or config.conv
+    return ConvFactory(name, tuple(CONVS.entry(name).kwargs(config).items()))
+
+
+def conv_kind(config: TrialConfig) -> ConvKind:
+    return conv_factory(config).kind
+
+
+def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
+    """The architecture with the config's norm and conv; width and depth left unset take
+    the builder's defaults. Model-level techniques are applied here: MimicNorm (centred
+    convs and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
+    sizes = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
+    norm = norm_factory(config)
+    model = ARCHS.build(
+        config.arch, config, in_channels=source.in_channels, num_classes=source.num_classes,
+        image_size=source.image_size, norm=norm, conv=conv_factory(config), **sizes,
+    )
+    if "model" in NORMS.entry(config.norm).tags:
+        from bench.zoo.norms import mimic
+
+        model = mimic.wrap(model, source.num_classes, norm)
+    if config.train_only_norm:
+        freeze_all_but_norms(model)
+    return model
+
+
+def build_augment(
+    config: TrialConfig, image_size: int, num_classes: int, pixel_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+) -> Augment:
+    """The config's augmentation, ``(images, labels, generator) -> (images, targets)``;
+    ``pixel_range`` is the training images' per-channel (min, max), from
+    :func:`bench.zoo.augment.value_range` (None: build only, to validate the options).
+    Mixing augmentations return class probabilities as targets: the training loss is the
+    cross-entropy against them, and the training accuracy counts a prediction correct when
+    it is the target's most probable class (the dominant label)."""
+    low, high = pixel_range if pixel_range is not None else (None, None)
+    context = AugmentContext(image_size=image_size, num_classes=num_classes, low=low, high=high)
+    return AUGMENTS.build(config.augment, config, context)
+
+
+def freeze_all_but_norms(model: nn.Module) -> None:
+    """Train only BatchNorm (Frankle et al. 2020, arXiv:2003.00152): every weight stays at
+    its random initialization except the norm layers' affine γ and β."""
+    norm_params = {id(p) for m in model.modules() if is_norm_module(m) for p in m.parameters()}
+    if not norm_params:
+        raise ConfigError(
+            "train_only_norm=true trains only the norm layers' γ and β, but this model has none (norm=none, "
+            "norm_affine=false, or a normalizer-free architecture). Choose a norm with an affine transform, e.g. bn."
+        )
+    for p in model.parameters():
+        p.requires_grad_(id(p) in norm_params)
+
+
+def build_optimizer(config: TrialConfig, model: nn.Module, steps: int = 1) -> torch.optim.Optimizer:
+    """The config's optimizer over the model's trainable parameters, with its weight-decay
+    form and, when asked, LAWN stacked on it (free phase measured in optimizer steps)."""
+    from bench.zoo.optimizers.lawn import Lawn, final_layer_weights
+    from bench.zoo.registry import OPTIMIZERS
+
+    optimizer = make_optimizer(
+        config.optimizer,
+        model,
+        lr=config.effective_lr,
+        weight_decay=config.weight_decay,
+        weight_decay_mode=config.weight_decay_mode,
+        exclude_1d=config.wd_exclude_1d,
+        options=OPTIMIZERS.entry(config.optimizer).kwargs(config),
+    )
+    if config.lawn:
+        Lawn(optimizer, final_layer_weights(model, config.lawn_layers), free_steps=round(config.lawn_free_epochs * steps))
+    return optimizer
+
+
+def steps_per_epoch(config: TrialConfig, train_size: int) -> int:
+    """Full batches per epoch: the last partial batch is dropped, so every step sees
+    exactly ``batch_size`` examples (BatchNorm statistics stay comparable)."""
+    return train_size // config.batch_size
+
+
+def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(config, steps))
+
+
+def preflight(config: TrialConfig) -> None:
+    """Checks that need the zoo, done before any trial starts: the model builds with this
+    norm (e.g. GroupNorm's groups divide every layer's channels), the optimizer and the
+    schedule accept their options, and the batch fits the training set. Built on the
+    meta device: no memory, no data."""
+    source = dataset_source(config.dataset)
+    train_size = min(source.train_size, config.train_subset or source.train_size)
+    if config.batch_size > train_size:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is larger than the training set ({train_size} images of "
+            f"{config.dataset}{' after train_subset' if config.train_subset else ''}); no full batch fits."
+        )
+    steps = steps_per_epoch(config, train_size)
+    build_augment(config, source.image_size, source.num_classes)
+    with torch.device("meta"):
+        model = build_model(config, source)
+        optimizer = build_optimizer(config, model, steps)
+    build_schedule(config, optimizer, steps)
+
