@@ -105,7 +105,7 @@ METRICS: tuple[Metric, ...] = (
            definition="1-based epoch of that step"),
     Metric("diverged_loss", "loss at divergence", **_LOSS,
            definition="the training loss of that step (absent when not finite)"),
-    # -- run: stability (runs with log_steps: true; see bench/stability.py)
+    # -- run: stability (runs with log_steps: true; see bench/trial/spikes.py)
     Metric("loss_spikes", "loss spikes", **_COUNT,
            definition="runs of consecutive steps whose loss exceeds 2 × the median of the 50 steps before"),
     Metric("grad_spikes", "first-layer gradient spikes", **_COUNT,

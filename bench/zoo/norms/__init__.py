@@ -53,6 +53,18 @@ class NormFactory:
                               f"{', '.join(defaults) or 'none'}.")
         object.__setattr__(self, "options", {**defaults, **self.options})
 
+    @classmethod
+    def of(cls, name: str, **options: Any) -> NormFactory:
+        """The norm ``name`` with those of ``options`` it declares (config names), as a
+        trial config would give them: an option the entry does not read is left out. A name
+        that no norm declares is refused (a misspelt option would otherwise be dropped)."""
+        known = {o for entry in NORMS.entries() for o in entry.option_names}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"No norm takes an option {unknown[0]!r}; the norm options are: {', '.join(sorted(known))}.")
+        declared = set(NORMS.entry(name).option_names)
+        return cls(name, {k: v for k, v in options.items() if k in declared})
+
     def __call__(self, num_channels: int, dims: int = 2) -> Any:
         module = NORMS.get(self.name)(num_channels, dims, **self.options)
         module.is_bench_norm = True
