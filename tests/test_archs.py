@@ -27,7 +27,7 @@ def test_resnet_depth_is_6n_plus_2():
 
 
 def test_cnn_and_mlp_shapes():
-    norm = NormFactory("gn", groups=4)
+    norm = NormFactory.of("gn", norm_groups=4)
     cnn = ARCHS.get("cnn")(in_channels=1, num_classes=10, image_size=28, norm=norm, width=16, depth=4)
     assert cnn(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     widths = [m.out_channels for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)]

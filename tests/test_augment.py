@@ -33,8 +33,10 @@ def _labels(n: int = 16, classes: int = 10) -> Tensor:
     return torch.randint(0, classes, (n,), generator=_gen(99))
 
 
-def _build(name: str, size: int = 16, **options) -> object:
-    return AUGMENTS.get(name)(AugmentContext(image_size=size, num_classes=10, **options))
+def _build(name: str, size: int = 16, low=None, high=None, **options) -> object:
+    """The augment with its options (config names; the others at their declared defaults)."""
+    assert set(options) <= set(AUGMENTS.entry(name).option_names), f"{name} takes none of {sorted(options)}"
+    return AUGMENTS.build(name, options, AugmentContext(image_size=size, num_classes=10, low=low, high=high))
 
 
 def _reference(x: Tensor, pad: int, dy: Tensor, dx: Tensor, flip: Tensor) -> Tensor:
@@ -338,14 +340,14 @@ def test_augment_options_are_inert_unless_their_augment_is_chosen() -> None:
     assert TrialConfig(augment="mixup", mixup_alpha=0.2).trial_id != TrialConfig(augment="mixup").trial_id
     assert TrialConfig(augment="mixup", cutmix_alpha=0.2).trial_id == TrialConfig(augment="mixup").trial_id
     assert TrialConfig(label_smoothing=0.1).trial_id != base.trial_id
-    with pytest.raises(UnknownNameError, match="cifar10"):
+    with pytest.raises(ConfigError, match="autoaugment_policy must be one of imagenet, cifar10, svhn"):
         TrialConfig(autoaugment_policy="mnist")
     with pytest.raises(ConfigError, match="label_smoothing"):
         TrialConfig(label_smoothing=1.0)
 
 
 def test_the_trainer_uses_soft_targets_and_label_smoothing(monkeypatch) -> None:
-    import bench.trial as train_mod
+    import bench.trial.loop as train_mod
     from bench.spec import TrialConfig
 
     real = train_mod.F.cross_entropy

@@ -9,7 +9,8 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.zoo.norms.batch import BatchChannelNorm, BatchRenorm, EstimatedBatchNorm, FrozenBatchNorm, GhostBatchNorm
-from bench.zoo.norms import NORMS, NormFactory, RenormSchedule
+from bench.zoo.norms import NORMS, NormFactory
+from bench.zoo.norms.batch import RenormSchedule
 
 EPS = 1e-5
 VARIANTS = ("bn-ghost", "bn-frozen", "brn", "bcn")
@@ -57,13 +58,13 @@ def test_listed_with_description_paper_and_batch_tag(name):
     entry = NORMS.entry(name)
     assert entry.description and entry.paper and "arXiv:" in entry.paper
     assert "batch" in entry.tags
-    assert isinstance(NormFactory(name, groups=4)(8), LAYERS[name])
+    assert isinstance(NormFactory.of(name, norm_groups=4)(8), LAYERS[name])
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("dims", [1, 2])
 def test_no_affine_means_no_parameters(name, dims):
-    layer = NormFactory(name, groups=4, affine=False)(8, dims=dims)
+    layer = NormFactory.of(name, norm_groups=4, norm_affine=False)(8, dims=dims)
     assert list(layer.parameters()) == []
     assert layer.is_bench_norm
 
@@ -71,7 +72,7 @@ def test_no_affine_means_no_parameters(name, dims):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_vector_features_forward_and_backward(name):
     v = (torch.randn(16, 12, dtype=torch.float64) * 2 + 3).requires_grad_()
-    layer = NormFactory(name, groups=3, virtual_batch=4)(12, dims=1).double().train()
+    layer = NormFactory.of(name, norm_groups=3, norm_virtual_batch=4)(12, dims=1).double().train()
     out = layer(v)
     out.square().sum().backward()
     assert out.shape == v.shape and torch.isfinite(v.grad).all()
@@ -86,7 +87,7 @@ def test_vector_features_forward_and_backward(name):
 @pytest.mark.parametrize("dims", [1, 2])
 def test_ghost_with_whole_batch_equals_batchnorm(x, virtual_batch, dims):
     data = x if dims == 2 else x[:, :, 0, 0].contiguous()
-    ghost = NormFactory("bn-ghost", virtual_batch=virtual_batch, momentum=0.3)(8, dims=dims).double().train()
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=virtual_batch, norm_momentum=0.3)(8, dims=dims).double().train()
     bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(8, eps=EPS, momentum=0.3).double().train()
     _randomize_affine(ghost, bn)
     for got, expected in zip(_grads(ghost, data), _grads(bn, data)):
@@ -100,7 +101,7 @@ def test_ghost_with_whole_batch_equals_batchnorm(x, virtual_batch, dims):
 
 @pytest.mark.parametrize("virtual_batch", [1, 2, 3])
 def test_ghost_equals_batchnorm_on_each_virtual_batch(x, virtual_batch):
-    ghost = NormFactory("bn-ghost", virtual_batch=virtual_batch, momentum=0.3)(8).double().train()
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=virtual_batch, norm_momentum=0.3)(8).double().train()
     chunks = x.split(virtual_batch)
     bns = [nn.BatchNorm2d(8, eps=EPS, momentum=0.3).double().train() for _ in chunks]
     _randomize_affine(ghost, *bns)
@@ -122,12 +123,12 @@ def test_ghost_equals_batchnorm_on_each_virtual_batch(x, virtual_batch):
 
 def test_ghost_virtual_batches_differ_from_whole_batch(x):
     whole = NormFactory("bn-ghost")(8).double()
-    ghost = NormFactory("bn-ghost", virtual_batch=2)(8).double()
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=2)(8).double()
     assert not torch.allclose(whole(x), ghost(x))
 
 
 def test_ghost_eval_is_batchnorm_with_running_statistics(x):
-    ghost = NormFactory("bn-ghost", virtual_batch=2)(8).double()
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=2)(8).double()
     _randomize_affine(ghost)
     ghost(x)
     ghost(x * 2 - 1)
@@ -139,7 +140,7 @@ def test_ghost_eval_is_batchnorm_with_running_statistics(x):
 
 
 def test_ghost_state_dict_loads_into_batchnorm(x):
-    ghost = NormFactory("bn-ghost", virtual_batch=3)(8).double()
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=3)(8).double()
     _randomize_affine(ghost)
     ghost(x)
     bn = nn.BatchNorm2d(8, eps=EPS).double()
@@ -148,17 +149,17 @@ def test_ghost_state_dict_loads_into_batchnorm(x):
 
 
 def test_ghost_batch_not_a_multiple_of_the_virtual_batch_is_refused(x):
-    ghost = NormFactory("bn-ghost", virtual_batch=4)(8).double()
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=4)(8).double()
     with pytest.raises(ConfigError, match=r"batch of 6 examples.*norm_virtual_batch=4.*1, 2, 3, 6"):
         ghost(x)
 
 
 def test_ghost_one_example_per_virtual_batch_needs_spatial_features():
     with pytest.raises(ConfigError, match="norm_virtual_batch=1 on vector features"):
-        NormFactory("bn-ghost", virtual_batch=1)(8, dims=1)
+        NormFactory.of("bn-ghost", norm_virtual_batch=1)(8, dims=1)
     with pytest.raises(ConfigError, match="norm_virtual_batch ≥ 1"):
-        NormFactory("bn-ghost", virtual_batch=0)(8)
-    ghost = NormFactory("bn-ghost", virtual_batch=1)(8)
+        NormFactory.of("bn-ghost", norm_virtual_batch=0)(8)
+    ghost = NormFactory.of("bn-ghost", norm_virtual_batch=1)(8)
     with pytest.raises(ConfigError, match="only 1 value per channel"):
         ghost(torch.randn(4, 8, 1, 1))
 
@@ -196,7 +197,7 @@ def test_frozen_from_scratch_is_a_per_channel_affine(x):
     _randomize_affine(frozen)
     expected = x / (1 + EPS) ** 0.5 * _cv(frozen.weight) + _cv(frozen.bias)
     torch.testing.assert_close(frozen(x), expected)
-    plain = NormFactory("bn-frozen", affine=False)(8, dims=1).double()
+    plain = NormFactory.of("bn-frozen", norm_affine=False)(8, dims=1).double()
     v = x[:, :, 0, 0]
     torch.testing.assert_close(plain(v), v / (1 + EPS) ** 0.5)
 
@@ -217,7 +218,10 @@ def test_frozen_takes_a_trained_batchnorm_statistics(x):
 
 
 def _renorm(schedule: RenormSchedule, momentum: float = 0.1, dims: int = 2) -> BatchRenorm:
-    return NormFactory("brn", momentum=momentum, renorm=schedule)(8, dims=dims).double().train()
+    return NormFactory.of(
+        "brn", norm_momentum=momentum, renorm_rmax=schedule.rmax, renorm_dmax=schedule.dmax,
+        renorm_start=schedule.start, renorm_rmax_at=schedule.rmax_at, renorm_dmax_at=schedule.dmax_at,
+    )(8, dims=dims).double().train()
 
 
 def _set_moving(layer: BatchRenorm, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,7 +375,7 @@ def test_renorm_layer_follows_the_schedule_by_training_forward_passes(x):
 
 def _bcn(groups: int = 4, momentum: float = 0.2, dims: int = 2, seed: int = 6) -> BatchChannelNorm:
     """A BCN layer with random estimates and random affines in both steps."""
-    bcn = NormFactory("bcn", groups=groups, momentum=momentum)(8, dims=dims).double().train()
+    bcn = NormFactory.of("bcn", norm_groups=groups, norm_momentum=momentum)(8, dims=dims).double().train()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         bcn.bn.running_mean.copy_(torch.randn(8, generator=g, dtype=torch.float64))
@@ -464,17 +468,17 @@ def test_bcn_estimate_moves_with_spread_about_the_old_mean():
 
 
 def test_bcn_groups_follow_the_group_options():
-    assert NormFactory("bcn", groups=2)(8).groups == 2
-    assert NormFactory("bcn", group_size=2)(8).groups == 4
-    shapes = {name: tuple(p.shape) for name, p in NormFactory("bcn", groups=2)(8).named_parameters()}
+    assert NormFactory.of("bcn", norm_groups=2)(8).groups == 2
+    assert NormFactory.of("bcn", norm_group_size=2)(8).groups == 4
+    shapes = {name: tuple(p.shape) for name, p in NormFactory.of("bcn", norm_groups=2)(8).named_parameters()}
     assert shapes == {"bn.weight": (8,), "bn.bias": (8,), "weight": (2,), "bias": (2,)}  # per channel, per group
     with pytest.raises(ConfigError, match=r"norm_groups=3 .* 8 channels"):
-        NormFactory("bcn", groups=3)(8)
+        NormFactory.of("bcn", norm_groups=3)(8)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_no_affine_output_is_the_plain_normalization(x, name):
-    plain = NormFactory(name, groups=4, affine=False)(8).double()
-    full = NormFactory(name, groups=4)(8).double()
+    plain = NormFactory.of(name, norm_groups=4, norm_affine=False)(8).double()
+    full = NormFactory.of(name, norm_groups=4)(8).double()
     torch.testing.assert_close(plain(x), full(x))  # γ = 1, β = 0 at construction
     torch.testing.assert_close(dict(plain.named_buffers()), dict(full.named_buffers()))

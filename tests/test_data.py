@@ -23,6 +23,7 @@ from bench.zoo.datasets import (
     DATASETS,
     DOWNLOAD_TIMEOUT_S,
     DatasetSource,
+    dataset_source,
     Splits,
     default_data_dir,
     load_dataset,
@@ -377,7 +378,7 @@ def test_registry_describes_every_dataset() -> None:
     expected = {"digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100"}
     assert expected <= set(DATASETS.names())
     for entry in DATASETS.entries():
-        source = entry.factory
+        source = entry.factory()  # entries are functions that build their source
         assert isinstance(source, DatasetSource) and source.name == entry.name
         assert entry.description
     assert "offline default" in DATASETS.entry("digits").description

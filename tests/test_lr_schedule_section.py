@@ -8,7 +8,7 @@ from bench.report.frame import runs_frame
 from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.schema import parse_report
 from bench.spec import TrialConfig
-from bench.trial import schedule_factor
+from bench.zoo.schedules import schedule_factor
 
 STUDY = {
     "name": "sched", "profile": "default", "variants": {"sgdr": {}, "warmup-cosine": {}, "never": {}},

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from bench.errors import ConfigError
 from bench.zoo.archs import ARCHS
-from bench.zoo.norms import NORMS, LayerNorm2d, NormFactory
+from bench.zoo.norms import NORMS, NormFactory
+from bench.zoo.norms.basic import LayerNorm2d
 
 EPS = 1e-5
 
@@ -30,7 +31,7 @@ def test_batchnorm_training_uses_batch_statistics_over_n_h_w(x):
 
 
 def test_batchnorm_eval_uses_running_mean_and_unbiased_variance(x):
-    bn = NormFactory("bn", momentum=1.0)(8).double().train()
+    bn = NormFactory.of("bn", norm_momentum=1.0)(8).double().train()
     bn(x)  # momentum 1: running stats = this batch's
     m = x.numel() / x.shape[1]
     biased = x.var(dim=(0, 2, 3), unbiased=False)
@@ -53,7 +54,7 @@ def test_instancenorm_normalizes_each_sample_and_channel_over_h_w(x):
 def test_groupnorm_normalizes_each_group_over_c_per_g_h_w(x, groups):
     n, c, h, w = x.shape
     expected = manual_norm(x.view(n, groups, c // groups, h, w), (2, 3, 4)).view_as(x)
-    torch.testing.assert_close(NormFactory("gn", groups=groups)(8).double()(x), expected)
+    torch.testing.assert_close(NormFactory.of("gn", norm_groups=groups)(8).double()(x), expected)
 
 
 def _with_affine(layer: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
@@ -65,7 +66,7 @@ def _with_affine(layer: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
 
 
 def test_groupnorm_with_one_group_equals_layernorm_forward_and_backward(x):
-    gn = _with_affine(NormFactory("gn", groups=1)(8).double())
+    gn = _with_affine(NormFactory.of("gn", norm_groups=1)(8).double())
     ln = _with_affine(NormFactory("ln")(8).double())
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     torch.testing.assert_close(gn(a), ln(b))
@@ -76,7 +77,7 @@ def test_groupnorm_with_one_group_equals_layernorm_forward_and_backward(x):
 
 
 def test_groupnorm_with_one_channel_per_group_equals_instancenorm(x):
-    gn = _with_affine(NormFactory("gn", groups=8)(8).double())
+    gn = _with_affine(NormFactory.of("gn", norm_groups=8)(8).double())
     inn = _with_affine(NormFactory("in")(8).double())
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     torch.testing.assert_close(gn(a), inn(b))
@@ -98,13 +99,13 @@ def test_vector_features_for_mlp():
     v = torch.randn(16, 12, dtype=torch.float64)
     torch.testing.assert_close(NormFactory("bn")(12, dims=1).double()(v), manual_norm(v, (0,)))
     torch.testing.assert_close(NormFactory("ln")(12, dims=1).double()(v), manual_norm(v, (1,)))
-    gn = NormFactory("gn", groups=3)(12, dims=1).double()
+    gn = NormFactory.of("gn", norm_groups=3)(12, dims=1).double()
     torch.testing.assert_close(gn(v), manual_norm(v.view(16, 3, 4), (2,)).view_as(v))
 
 
 def test_groupnorm_groups_must_divide_channels():
     with pytest.raises(ConfigError, match=r"norm_groups=5 .* 16 channels.*1, 2, 4, 8, 16"):
-        NormFactory("gn", groups=5)(16)
+        NormFactory.of("gn", norm_groups=5)(16)
 
 
 def test_instancenorm_refuses_vector_features():
@@ -133,7 +134,7 @@ def test_every_norm_builds_into_every_architecture_and_trains(arch, norm):
     if (arch, norm) in {("vit", "in"), ("vit", "mimic"), ("vgg", "in")}:
         pytest.skip("refused with a ConfigError (tested in test_vit.py / test_vgg.py)")
     torch.manual_seed(0)
-    model = ARCHS.get(arch)(in_channels=1, num_classes=4, image_size=8, norm=NormFactory(norm, groups=4), width=8)
+    model = ARCHS.get(arch)(in_channels=1, num_classes=4, image_size=8, norm=NormFactory.of(norm, norm_groups=4), width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
     losses = []
@@ -151,7 +152,7 @@ def test_every_norm_builds_into_every_architecture_and_trains(arch, norm):
 
 @pytest.mark.parametrize("norm", ["bn", "ln", "in", "gn"])
 def test_without_affine_there_are_no_parameters_and_the_output_is_the_plain_normalization(x, norm):
-    layer = NormFactory(norm, affine=False, groups=2)(8).double()
+    layer = NormFactory.of(norm, norm_affine=False, norm_groups=2)(8).double()
     assert list(layer.parameters()) == []
     dims = {"bn": (0, 2, 3), "ln": (1, 2, 3), "in": (2, 3)}
     if norm in dims:
@@ -159,9 +160,9 @@ def test_without_affine_there_are_no_parameters_and_the_output_is_the_plain_norm
 
 
 def test_groupnorm_by_channels_per_group(x):
-    by_size = NormFactory("gn", group_size=2)(8).double()
-    by_count = NormFactory("gn", groups=4)(8).double()
+    by_size = NormFactory.of("gn", norm_group_size=2)(8).double()
+    by_count = NormFactory.of("gn", norm_groups=4)(8).double()
     assert by_size.num_groups == 4
     torch.testing.assert_close(by_size(x), by_count(x))
     with pytest.raises(ConfigError, match="norm_group_size=3"):
-        NormFactory("gn", group_size=3)(8)
+        NormFactory.of("gn", norm_group_size=3)(8)

@@ -27,9 +27,18 @@ GRADS = [
 ]
 
 
+MAKE_KEYWORDS = ("lr", "weight_decay", "weight_decay_mode", "exclude_1d")
+
+
+def make_with(name: str, params, **kw) -> torch.optim.Optimizer:
+    """``make`` with the entry's options (config names) given as keywords alongside its own."""
+    options = {k: v for k, v in kw.items() if k not in MAKE_KEYWORDS}
+    return make(name, params, **{k: v for k, v in kw.items() if k in MAKE_KEYWORDS}, options=options)
+
+
 def run(name: str, grads=GRADS, **kw) -> list[torch.Tensor]:
     ws = [torch.nn.Parameter(w.clone()) for w in W0]
-    opt = make(name, ws, **kw)
+    opt = make_with(name, ws, **kw)
     for gs in grads:
         for w, g in zip(ws, gs):
             w.grad = g.clone()
@@ -208,7 +217,8 @@ def test_optimizer_matches_its_papers_update(name):
 def test_every_optimizer_decreases_a_quadratic_and_is_documented(name):
     w = torch.nn.Parameter(torch.tensor([3.0, -4.0]))
     lr = 1.0 if name == "adadelta" else 0.05
-    opt = make(name, [w], lr=lr, momentum=0.5)
+    momentum = {"momentum": 0.5} if "momentum" in OPTIMIZERS.entry(name).option_names else {}  # where it has one
+    opt = make(name, [w], lr=lr, options=momentum)
     start = float((w.detach() ** 2).sum())
     for _ in range(50):
         opt.zero_grad()
@@ -265,7 +275,7 @@ def test_adabound_bounds_at_given_steps_and_convergence_to_sgd():
     assert low == pytest.approx(0.1, rel=1e-3) and high == pytest.approx(0.1, rel=1e-3)
     # late in training (bounds tight) the step is SGD with lr = final_lr on the first moment
     w = torch.nn.Parameter(W0[0].clone())
-    opt = make("adabound", [w], lr=0.01, adabound_final_lr=0.1, adabound_gamma=0.5)
+    opt = make("adabound", [w], lr=0.01, options={"adabound_final_lr": 0.1, "adabound_gamma": 0.5})
     g = GRADS[0][0]
     opt.state[w] = {"step": 10**7, "exp_avg": torch.zeros_like(w), "exp_avg_sq": torch.ones_like(w)}
     w.grad = g.clone()
@@ -276,7 +286,7 @@ def test_adabound_bounds_at_given_steps_and_convergence_to_sgd():
 
 def test_adabound_final_lr_follows_the_lr_schedule():
     w = torch.nn.Parameter(W0[0].clone())
-    opt = make("adabound", [w], lr=0.01, adabound_final_lr=0.1, adabound_gamma=0.5)
+    opt = make("adabound", [w], lr=0.01, options={"adabound_final_lr": 0.1, "adabound_gamma": 0.5})
     opt.param_groups[0]["lr"] = 0.005  # a schedule halves the lr
     opt.state[w] = {"step": 10**7, "exp_avg": torch.zeros_like(w), "exp_avg_sq": torch.ones_like(w)}
     w.grad = GRADS[0][0].clone()
@@ -399,7 +409,7 @@ def test_lawn_holds_the_final_layer_norm_fixed_after_the_free_phase():
 
 def test_lawn_projects_the_gradient_onto_the_sphere():
     w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
-    opt = make("sgd", [w], lr=0.1, momentum=0.0)
+    opt = make("sgd", [w], lr=0.1, options={"momentum": 0.0})
     Lawn(opt, [w], free_steps=0)
     w.grad = torch.tensor([[3.0, 4.0]]) * 2 + torch.tensor([[4.0, -3.0]])  # radial + tangential
     opt.step()

@@ -10,7 +10,7 @@ import pytest
 
 from bench.errors import ConfigError
 from bench.report.kinds import SECTIONS
-from bench.report.schema import REPORT_KEYS, parse_report
+from bench.report.schema import REPORT_KEYS, check_study, parse_report
 from bench.spec import list_specs, load_spec
 
 STUDY = {
@@ -142,7 +142,9 @@ def test_cli_overrides_are_checked():
     assert "significance level in (0, 1)" in error({}, alpha=0.0)
 
 
-def test_load_spec_rejects_a_bad_report_before_anything_runs(tmp_path: Path):
+def test_a_loaded_study_with_a_bad_report_is_rejected_before_anything_runs(tmp_path: Path):
+    """The spec package knows nothing of reports: the study's report block is checked by
+    :func:`bench.report.schema.check_study`, which the CLI calls on every study it loads."""
     path = tmp_path / "bad.yaml"
     path.write_text(textwrap.dedent("""
         name: bad
@@ -150,8 +152,9 @@ def test_load_spec_rejects_a_bad_report_before_anything_runs(tmp_path: Path):
         axes: {norm: [bn, gn]}
         report: {sections: [{kind: scaling, x: batch_size, group: norm, colour: red}]}
     """))
+    spec = load_spec(path)
     with pytest.raises(ConfigError, match=r"^Study 'bad': report section 1 \(scaling\) has no option 'colour'"):
-        load_spec(path)
+        check_study(spec)
 
 
 @pytest.mark.parametrize("path", list_specs(Path(__file__).resolve().parent.parent / "ablations"), ids=lambda p: p.stem)

@@ -38,7 +38,7 @@ def test_warmup_cosine_defaults_to_five_percent_warmup():
 
 
 def test_step_decays_by_gamma_at_each_milestone():
-    f = SCHEDULES.get("step")(total_steps=100, milestones=(0.5, 0.75), gamma=0.1)
+    f = SCHEDULES.get("step")(total_steps=100, lr_milestones=(0.5, 0.75), lr_gamma=0.1)
     assert f(49) == 1.0
     assert f(50) == pytest.approx(0.1)
     assert f(74) == pytest.approx(0.1)
@@ -114,7 +114,7 @@ def test_poly_decay_with_warmup():
 
 
 def test_step_matches_torch_multistep_lr():
-    ours = SCHEDULES.get("step")(total_steps=100, milestones=(0.3, 0.6, 0.9), gamma=0.5)
+    ours = SCHEDULES.get("step")(total_steps=100, lr_milestones=(0.3, 0.6, 0.9), lr_gamma=0.5)
     theirs = torch_lrs(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[30, 60, 90], gamma=0.5), 100)
     assert [ours(s) for s in range(100)] == pytest.approx(theirs)
 
@@ -129,7 +129,7 @@ def test_invalid_arguments_are_config_errors():
     with pytest.raises(ConfigError):
         SCHEDULES.get("cosine")(total_steps=10, warmup_steps=20)
     with pytest.raises(ConfigError):
-        SCHEDULES.get("step")(total_steps=10, milestones=(1.5,))
+        SCHEDULES.get("step")(total_steps=10, lr_milestones=(1.5,))
     with pytest.raises(ConfigError, match="sgdr_t_mult"):
         SCHEDULES.get("sgdr")(total_steps=10, sgdr_t_mult=0.5)
     with pytest.raises(ConfigError, match="onecycle_pct"):

@@ -65,6 +65,9 @@ def test_defaults_and_ids_are_pinned():
         "randaugment_ops": 2, "randaugment_magnitude": 9, "patch_size": 4, "vit_heads": 4, "vit_mlp_ratio": 2.0,
         "vit_pos_embed": "learned", "vit_cls_token": True, "vit_freeze_patch": False, "vit_conv_stem": False,
         "vit_residual_scale": 1.0, "drop_path": 0.0, "vit_mlp_head": False,
+    } | {
+        # Filter Response Normalization
+        "frn_eps": 1e-6, "frn_learned_eps": False, "frn_tlu": True,
     }
     assert TrialConfig().trial_id == "44136fa355b3678a"
     # options that do nothing for a trial do not change its id
@@ -124,9 +127,10 @@ def test_zip_axes_vary_together(tmp_path):
         ("name: x\nbase: {schedule: cyclic}\naxes: {}", "Unknown schedule 'cyclic'"),
         ("name: x\nbase: {}\naxes: {}\nrepeat: 3", "Unknown study spec key 'repeat'. Valid study spec key names"),
         ("name: x\nbase: {batchsize: 3}\naxes: {}", "Unknown base config key 'batchsize'"),
-        ("name: x\nbase: {}\naxes: {batch_size: [2, 0]}", "batch_size must be a positive integer; got batch_size=0"),
-        ("name: x\nbase: {lr: -0.1}\naxes: {}", "lr must be a finite number ≥ 0; got lr=-0.1"),
-        ("name: x\nbase: {batch_size: eight}\naxes: {}", "batch_size must be int; got 'eight'"),
+        ("name: x\nbase: {}\naxes: {batch_size: [2, 0]}", "batch_size must be an integer ≥ 1; got batch_size=0"),
+        ("name: x\nbase: {lr: -0.1}\naxes: {}", "lr must be a number ≥ 0; got lr=-0.1"),
+        ("name: x\nbase: {lr: .inf}\naxes: {}", "lr must be a finite number ≥ 0; got lr=inf"),
+        ("name: x\nbase: {batch_size: eight}\naxes: {}", "batch_size must be an integer; got 'eight'"),
         ("name: x\nbase: {}\naxes: {norm: gn}", "Axis 'norm' must be a non-empty list"),
         ("name: x\nbase: {}\naxes: {}\nrepeats: 0", "repeats must be a positive integer"),
     ],
@@ -178,7 +182,7 @@ def test_shipped_studies_expand():
 def test_every_shipped_study_validates_in_every_profile(path):
     """Spec files are data: this catches a study that no longer loads, names a technique
     that is not registered, or builds a model that cannot work."""
-    from bench.schedule import validate
+    from bench.grid import validate
 
     spec = load_spec(path)
     for profile in ("default", *spec.profiles):

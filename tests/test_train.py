@@ -48,7 +48,7 @@ def test_exploding_loss_is_detected_as_divergence_with_its_step():
 
 
 def test_nan_loss_is_divergence(monkeypatch):
-    import bench.trial as train_mod
+    import bench.trial.loop as train_mod
 
     real = train_mod.F.cross_entropy
     calls = {"n": 0}
@@ -65,7 +65,7 @@ def test_nan_loss_is_divergence(monkeypatch):
 
 
 def test_an_exception_is_a_failed_trial_with_traceback(monkeypatch):
-    import bench.trial as train_mod
+    import bench.trial.loop as train_mod
 
     def boom(*a, **k):
         raise RuntimeError("out of cheese")
@@ -105,7 +105,7 @@ def test_mimicnorm_is_centred_convs_no_norm_layers_and_one_last_batchnorm():
     assert isinstance(model[-1], torch.nn.BatchNorm1d) and is_norm_module(model[-1])  # after the classifier
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(type(m).__name__ != "Conv2d" for m in convs)  # the centred subclass, not a plain conv
-    with pytest.raises(ConfigError, match="MimicNorm brings its own conv"):
+    with pytest.raises(ConfigError, match=r"norm=mimic brings its own conv \('centered'\); conv='ws' cannot be combined"):
         _model(norm="mimic", conv="ws")
 
 
@@ -122,7 +122,7 @@ def test_train_only_norm_freezes_everything_but_gamma_and_beta():
 
 
 def test_frozen_weights_do_not_move_during_training(monkeypatch):
-    import bench.trial as train_mod
+    import bench.trial.loop as train_mod
 
     built = {}
     real = train_mod.build_model
@@ -140,7 +140,7 @@ def test_frozen_weights_do_not_move_during_training(monkeypatch):
 
 
 def test_agc_is_applied_when_asked(monkeypatch):
-    import bench.trial as train_mod
+    import bench.trial.loop as train_mod
 
     calls = []
     monkeypatch.setattr(train_mod, "clip_gradients", lambda model, clip: calls.append(clip))
@@ -152,11 +152,14 @@ def test_agc_is_applied_when_asked(monkeypatch):
 
 
 def test_weight_norm_data_init_runs_before_training(monkeypatch):
-    import bench.trial as train_mod
+    import bench.trial.loop as train_mod
 
     seen = []
-    monkeypatch.setattr(train_mod, "weight_norm_data_init", lambda model, x: seen.append(x.shape))
+    import bench.zoo.convs as convs
+    from bench.spec import trial_from_assignments
+
+    monkeypatch.setattr(convs, "weight_norm_data_init", lambda model, x: seen.append(x.shape))
     run_trial(TrialConfig(**{**TINY, "epochs": 1, "norm": "none", "conv": "wn", "wn_init": True}), device="cpu")
     assert seen == [(512, 1, 8, 8)]
-    with pytest.raises(ConfigError, match="needs conv=wn"):
-        TrialConfig(**{**TINY, "wn_init": True})
+    with pytest.raises(ConfigError, match="`wn_init` does nothing for conv=standard: it is read only with conv=wn"):
+        trial_from_assignments({**TINY, "wn_init": True})

@@ -70,7 +70,7 @@ def test_norm_none_is_the_original_vgg_and_other_norms_follow_every_conv():
     assert all(c.bias is not None for c in convs(plain))
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in plain.modules())
     for name in ("bn", "gn", "ln"):
-        model = vgg(norm=NormFactory(name, groups=4))
+        model = vgg(norm=NormFactory.of(name, norm_groups=4))
         layers = list(model.features)
         assert all(c.bias is None for c in convs(model))
         for i, layer in enumerate(layers):
@@ -99,7 +99,7 @@ def test_bad_depth_and_bad_groups_are_config_errors():
     with pytest.raises(ConfigError, match="Valid depths: 11, 13, 16, 19"):
         vgg(depth=12)
     with pytest.raises(ConfigError, match="norm_groups=3"):
-        vgg(norm=NormFactory("gn", groups=3))
+        vgg(norm=NormFactory.of("gn", norm_groups=3))
 
 
 def test_instancenorm_on_one_pixel_maps_is_refused():

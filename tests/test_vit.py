@@ -12,7 +12,7 @@ from torch import nn
 from bench.zoo.datasets import DATASETS, dataset_source
 from bench.errors import ConfigError
 from bench.spec import DEFAULTS, TrialConfig
-from bench.trial import ARCH_OPTIONS, build_model, build_optimizer, preflight
+from bench.trial import build_model, build_optimizer, preflight
 from bench.zoo.archs import ARCHS, first_layer
 from bench.zoo.archs.vit import Block, ConvStem, TokenNorm
 from bench.zoo.convs import ConvFactory, is_weight_normed
@@ -170,13 +170,13 @@ def test_frozen_conv_stem_and_first_layer():
 def test_batch_norms_see_tokens_of_whole_images():
     torch.manual_seed(0)
     x = torch.randn(4, 5, 16)
-    bn = TokenNorm(NormFactory("bn", affine=False), 16).train()
+    bn = TokenNorm(NormFactory.of("bn", norm_affine=False), 16).train()
     flat = x.reshape(-1, 16)
     expected = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)
     torch.testing.assert_close(bn(x), expected.reshape(4, 5, 16))
     # Ghost BatchNorm: virtual batches of 2 whole images (10 tokens), not of 2 tokens
-    ghost = TokenNorm(NormFactory("bn-ghost", virtual_batch=2, affine=False), 16).train()
-    halves = [TokenNorm(NormFactory("bn", affine=False), 16).train()(part) for part in x.split(2)]
+    ghost = TokenNorm(NormFactory.of("bn-ghost", norm_virtual_batch=2, norm_affine=False), 16).train()
+    halves = [TokenNorm(NormFactory.of("bn", norm_affine=False), 16).train()(part) for part in x.split(2)]
     torch.testing.assert_close(ghost(x), torch.cat(halves), rtol=1e-4, atol=1e-5)
     # LayerNorm: each token on its own
     ln = TokenNorm(NormFactory("ln"), 16)
@@ -185,7 +185,7 @@ def test_batch_norms_see_tokens_of_whole_images():
 
 @pytest.mark.parametrize("norm", ["ln", "bn", "gn", "none", "bn-ghost", "bn-frozen", "brn", "bcn"])
 def test_every_token_norm_builds_and_runs(norm):
-    model = vit(norm=NormFactory(norm, groups=4), width=16)
+    model = vit(norm=NormFactory.of(norm, norm_groups=4), width=16)
     model.train()
     assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
     norms = [m for m in model.modules() if is_norm_module(m)]
@@ -213,7 +213,7 @@ def test_refusals_are_config_errors(kw, match):
 
 def test_builder_defaults_are_the_config_defaults():
     params = inspect.signature(ARCHS.get("vit")).parameters
-    for name in ARCH_OPTIONS["vit"]:
+    for name in ARCHS.entry("vit").option_names:
         assert params[name].default == DEFAULTS[name], name
 
 

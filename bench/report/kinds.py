@@ -21,11 +21,11 @@ The spec's ``report.sections`` are validated against these declarations (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.zoo.registry import Registry
+from bench.errors import UnknownNameError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,7 +110,57 @@ class SectionKind:
     per_step: bool = False  # needs the per-step records (runs trained with log_steps)
 
 
-SECTIONS: Registry[SectionKind] = Registry("report section kind")
+@dataclass(frozen=True)
+class KindEntry:
+    name: str
+    factory: SectionKind
+    description: str
+
+
+class SectionKinds:
+    """Name → :class:`SectionKind`, in registration order. (The zoo's registries,
+    :mod:`bench.zoo.registry`, are for techniques with declared trial options; section
+    kinds have their own :class:`Option` records and need none of that.)"""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, KindEntry] = {}
+
+    def register(self, name: str, description: str) -> Callable[[SectionKind], SectionKind]:
+        def deco(section: SectionKind) -> SectionKind:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = KindEntry(name, section, description)
+            return section
+
+        return deco
+
+    def entry(self, name: str) -> KindEntry:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def get(self, name: str) -> SectionKind:
+        return self.entry(name).factory
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[KindEntry]:
+        return list(self._entries.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+SECTIONS = SectionKinds("report section kind")
 
 
 def section_kind(

@@ -98,6 +98,16 @@ class ReportSpec:
         return 1 - self.alpha
 
 
+def check_study(spec: Any) -> None:
+    """A loaded study's report block, checked before anything runs (a StudySpec: its axes,
+    zip, variants and base name what the report may refer to)."""
+    study = {"axes": spec.axes, "zip": spec.zip, "variants": spec.variants, "base": spec.base}
+    try:
+        parse_report(spec.report, study)
+    except ConfigError as exc:
+        raise ConfigError(f"Study {spec.name!r}: {exc}") from None
+
+
 def parse_report(
     doc: Mapping[str, Any] | None, study: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None
 ) -> ReportSpec:

@@ -388,6 +388,15 @@ class ConvFactory:
     name: str = "standard"
     options: tuple[tuple[str, object], ...] = ()
 
+    def __post_init__(self) -> None:
+        entry = CONVS.entry(self.name)  # an unknown name fails here, listing the valid ones
+        defaults = {o.name: o.default for o in entry.options}
+        unknown = sorted(set(dict(self.options)) - set(defaults))
+        if unknown:
+            raise ConfigError(f"The conv {self.name!r} takes no option {unknown[0]!r}; it takes: "
+                              f"{', '.join(defaults) or 'none'}.")
+        object.__setattr__(self, "options", tuple({**defaults, **dict(self.options)}.items()))
+
     @property
     def kind(self) -> ConvKind:
         return CONVS.build(self.name, dict(self.options))

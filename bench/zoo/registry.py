@@ -164,9 +164,11 @@ class Entry:
         return tuple(o.name for o in self.options)
 
     def kwargs(self, config: Any) -> dict[str, Any]:
-        """The declared options' values in ``config`` (a TrialConfig or a mapping), by name."""
-        get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k))
-        return {o.name: get(o.name) for o in self.options}
+        """The declared options' values in ``config`` (a TrialConfig or a mapping), by name;
+        an option a mapping leaves out takes its declared default."""
+        if isinstance(config, Mapping):
+            return {o.name: config.get(o.name, o.default) for o in self.options}
+        return {o.name: getattr(config, o.name) for o in self.options}
 
     def declaration(self) -> tuple[Any, ...]:
         return (self.kind, self.name, self.description, self.paper, self.options, self.tags, dict(self.info))

@@ -2,7 +2,7 @@
 
 The per-epoch ``lr`` metric samples the schedule once per epoch, which hides warm-ups and
 SGDR's restarts. The schedule is a pure function of a trial's config and its steps per
-epoch, so this section recomputes it exactly (:func:`bench.trial.schedule_curve`,
+epoch, so this section recomputes it exactly (:func:`bench.zoo.schedules.schedule_curve`,
 the trainer's own schedule function, which ``bench zoo schedules --plot`` draws too) from each group's stored config: no per-step
 logging is needed."""
 
@@ -48,7 +48,7 @@ def config_of(row: Mapping[str, Any]) -> TrialConfig:
 def schedule_points(runs: pd.DataFrame, group: str) -> tuple[pd.DataFrame, list[str]]:
     """Per group: (epoch position, lr) of every step, from the group's first run that
     recorded its steps per epoch; and the groups that had none."""
-    from bench.trial import schedule_curve
+    from bench.zoo.schedules import schedule_curve
 
     frames, missing = [], []
     for value, part in runs.groupby(group, sort=False, dropna=False):
