@@ -22,10 +22,10 @@ import json
 import os
 import shlex
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -34,6 +34,13 @@ from rich.table import Table
 
 from bench.errors import BenchError
 from bench.store.base import STALE_AFTER
+
+if TYPE_CHECKING:
+    from bench.grid import GridPlan, StudyRun
+    from bench.spec import StudySpec
+    from bench.store import ResultStore
+    from bench.trial import TrialResult
+    from bench.zoo.registry import Registry
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -94,10 +101,11 @@ def root(
     ctx.obj = Settings(store=store)
 
 
-def _open_store(ctx: typer.Context) -> Any:
-    from bench.store import open_store
+def _store(ctx: typer.Context) -> AbstractContextManager[ResultStore]:
+    """The store named by --store (or the environment), for a ``with`` block that closes it."""
+    from bench.store import opened_store
 
-    return open_store(ctx.obj.store if ctx.obj else None)
+    return opened_store(ctx.obj.store if ctx.obj else None)
 
 
 # -- grid -----------------------------------------------------------------------------
@@ -117,10 +125,14 @@ def _profile(quick: bool, profile: str | None) -> str | None:
     return "quick" if quick else profile
 
 
-def _load(study: str, quick: bool, profile: str | None, sets: list[str] | None) -> Any:
+def _load(study: str, quick: bool, profile: str | None, sets: list[str] | None) -> StudySpec:
+    """The study spec, its trials and its report block checked before anything runs."""
+    from bench.report.schema import check_study
     from bench.spec import load_spec, parse_assignments
 
-    return load_spec(study, profile=_profile(quick, profile), overrides=parse_assignments(sets or []))
+    spec = load_spec(study, profile=_profile(quick, profile), overrides=parse_assignments(sets or []))
+    check_study(spec)
+    return spec
 
 
 @app.command()
@@ -151,14 +163,34 @@ def grid(
     ] = STALE_AFTER,
 ) -> None:
     """Run a study's grid: every trial not yet finished, side by side on Ray Tune."""
-    from bench.schedule import GridOptions, plan, plan_tuning, run_grid
-    from bench.spec import list_specs
-
     if list_:
+        from bench.spec import list_specs
+
         _list_studies(list_specs())
         return
     if not study:
         raise BenchError("Name a study (bench grid --list shows them) or give a path to a spec .yaml.")
+    _check_grid_flags(stale_after, cpus_per_trial, gpus_per_trial, max_concurrent)
+    from bench.grid import GridOptions
+
+    spec = _load(study, quick, profile, sets)
+    options = GridOptions(executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device)
+    if dry_run:
+        from bench.grid.estimate import describe_plan
+
+        describe_plan(spec, options, console)
+        return
+    from bench.grid.run import run_study
+
+    with _store(ctx) as store:
+        outcome = run_study(
+            spec, store, options, stale_after=stale_after, progress_factory=_round_display(store, executor),
+            report_dir=reports_dir if report else None, command=_grid_command(),
+        )
+    _print_outcome(outcome)
+
+
+def _check_grid_flags(stale_after: float, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> None:
     if stale_after < 0:
         raise BenchError(f"--stale-after must be ≥ 0 seconds (0: every running trial counts as abandoned); got {stale_after}.")
     if cpus_per_trial <= 0 or gpus_per_trial < 0 or (max_concurrent is not None and max_concurrent < 1):
@@ -166,65 +198,64 @@ def grid(
             "--cpus-per-trial must be > 0, --gpus-per-trial ≥ 0 (fractions share a GPU) and --max-concurrent ≥ 1; "
             f"got {cpus_per_trial}, {gpus_per_trial}, {max_concurrent}."
         )
-    spec = _load(study, quick, profile, sets)
-    options = GridOptions(executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device)
-    if dry_run:
-        from bench.estimate import describe_plan
 
-        describe_plan(spec, options, console)
-        return
-    store = _open_store(ctx)
-    try:
-        grid_plan = plan(spec, store, stale_after=stale_after)
-        console.print(
-            f"[bold]{spec.key}[/]: {len(grid_plan.trials)} trials, {len(grid_plan.cached)} already finished "
-            f"(answered from the store), {len(grid_plan.todo)} to run on {executor} · store: {store.kind} {store.location}"
-        )
-        if grid_plan.stale:
-            console.print(f"{len(grid_plan.stale)} trials were abandoned while running (no heartbeat for {stale_after:g} s): marked interrupted, run again")
-        if grid_plan.live:
-            console.print(f"[yellow]{len(grid_plan.live)} trials are running in another live grid:[/] skipped here")
-        command = "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["grid"] else None
-        with _GridProgress(len(grid_plan.todo)) as progress:
-            recorder = run_grid(grid_plan, store, options, progress)
-        counts = dict(recorder.counts)
-        todo = len(grid_plan.todo)
-        if spec.tune and counts["done"] == todo:
-            # the tuned re-runs follow from the sweep's results: plan again, run what is new
-            tuned_plan = plan_tuning(grid_plan, store)
-            if tuned_plan.todo:
-                console.print(
-                    f"tuning: {len(tuned_plan.todo)} re-runs, each configuration at its best {spec.tune['over']} "
-                    f"with seeds {spec.tune['seeds']}"
-                )
-                with _GridProgress(len(tuned_plan.todo)) as progress:
-                    second = run_grid(tuned_plan, store, options, progress)
-                counts = {k: counts.get(k, 0) + v for k, v in second.counts.items()}
-                todo += len(tuned_plan.todo)
-        if command:
-            store.save_study(spec.key, {"command": command})
-        console.print(
-            f"done: {counts['completed']} completed, {counts['diverged']} diverged, {counts['failed']} failed"
-            + (f" · {len(grid_plan.cached)} from the store" if grid_plan.cached else "")
-        )
-        if report:
-            from bench.report.writer import write_report
 
-            path = write_report(spec, store, reports_dir, grid_command=command)
-            console.print(f"report: {path}")
-        if counts["failed"]:
-            console.print("[yellow]Some trials failed:[/] `bench results ls --status failed` shows them; `bench results show ID` the traceback.")
-        if counts.get("skipped"):
-            console.print(f"{counts['skipped']} trials were started or finished by another grid meanwhile: skipped here")
-        unfinished = todo - counts["done"] - counts.get("skipped", 0)
-        if unfinished:
-            err_console.print(
-                f"[yellow]Interrupted:[/] {unfinished} trials did not finish. Run the same command again to resume: "
-                "finished trials are kept and only the others run."
+def _grid_command() -> str | None:
+    """The command line that ran this grid, saved with the study (None outside ``bench grid``)."""
+    return "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["grid"] else None
+
+
+def _round_display(store: ResultStore, executor: str) -> Callable[[GridPlan, str], _GridProgress]:
+    """For each round of a study: says what it will run, then shows its progress."""
+
+    def show(grid_plan: GridPlan, phase: str) -> _GridProgress:
+        spec = grid_plan.spec
+        if phase == "tuning":
+            console.print(
+                f"tuning: {len(grid_plan.todo)} re-runs, each configuration at its best {spec.tune['over']} "
+                f"with seeds {spec.tune['seeds']}"
             )
-            raise typer.Exit(130)
-    finally:
-        store.close()
+        else:
+            _print_plan(grid_plan, store, executor)
+        return _GridProgress(len(grid_plan.todo))
+
+    return show
+
+
+def _print_plan(grid_plan: GridPlan, store: ResultStore, executor: str) -> None:
+    console.print(
+        f"[bold]{grid_plan.spec.key}[/]: {len(grid_plan.trials)} trials, {len(grid_plan.cached)} already finished "
+        f"(answered from the store), {len(grid_plan.todo)} to run on {executor} · store: {store.kind} {store.location}"
+    )
+    if grid_plan.stale:
+        console.print(
+            f"{len(grid_plan.stale)} trials were abandoned while running (no heartbeat for {grid_plan.stale_after:g} s): "
+            "marked interrupted, run again"
+        )
+    if grid_plan.live:
+        console.print(f"[yellow]{len(grid_plan.live)} trials are running in another live grid:[/] skipped here")
+
+
+def _print_outcome(outcome: StudyRun) -> None:
+    """The study's counts and report; exit status 130 when trials did not finish."""
+    counts = outcome.counts
+    cached = len(outcome.plan.cached)
+    console.print(
+        f"done: {counts['completed']} completed, {counts['diverged']} diverged, {counts['failed']} failed"
+        + (f" · {cached} from the store" if cached else "")
+    )
+    if outcome.report is not None:
+        console.print(f"report: {outcome.report}")
+    if counts["failed"]:
+        console.print("[yellow]Some trials failed:[/] `bench results ls --status failed` shows them; `bench results show ID` the traceback.")
+    if counts.get("skipped"):
+        console.print(f"{counts['skipped']} trials were started or finished by another grid meanwhile: skipped here")
+    if outcome.unfinished:
+        err_console.print(
+            f"[yellow]Interrupted:[/] {outcome.unfinished} trials did not finish. Run the same command again to resume: "
+            "finished trials are kept and only the others run."
+        )
+        raise typer.Exit(130)
 
 
 def _list_studies(paths: list[Any]) -> None:
@@ -281,39 +312,28 @@ def train(
     save: Annotated[bool, typer.Option("--save/--no-save", help="Record the run in the store.")] = True,
 ) -> None:
     """Run one trial in this process and print its epochs."""
-    from bench.schedule import Recorder
-    from bench.spec import from_mapping, parse_assignments
-    from bench.trial import preflight, run_trial
+    from bench.grid.local import run_one
+    from bench.spec import parse_assignments, trial_from_assignments
+    from bench.trial import preflight
 
-    config = from_mapping(parse_assignments(sets or []))
+    config = trial_from_assignments(parse_assignments(sets or []))
     preflight(config)
-    store = _open_store(ctx) if save else None
     console.print(f"trial [bold]{config.trial_id}[/] · effective lr {config.effective_lr:g}")
-    recorder = Recorder(store, "", 1) if store else None
-    try:
-        if store:
-            store.upsert_run(config.trial_id, {"config": config.to_dict(), "derived": {"effective_lr": config.effective_lr}})
-            recorder.started(config.trial_id)
+    with (_store(ctx) if save else nullcontext()) as store:
+        result = run_one(config, store, on_epoch=_print_epoch, data_dir=data_dir, device=device)
+    _print_trial(result)
 
-        def on_epoch(m: dict[str, Any]) -> None:
-            console.print(
-                f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.4f}  "
-                f"val loss {m['val_loss']:.4f}  val acc {m['val_acc']:.4f}  lr {m['lr']:.3g}  "
-                f"|g| {m['grad_norm']:.3g}  {m['epoch_seconds']:.1f}s  {m['samples_per_s'] or 0:.0f}/s"
-            )
-            if recorder:
-                recorder.epoch(config.trial_id, m)
 
-        def on_steps(records: list[dict[str, Any]]) -> None:
-            if recorder:
-                recorder.steps(config.trial_id, records)
+def _print_epoch(m: dict[str, Any]) -> None:
+    console.print(
+        f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.4f}  "
+        f"val loss {m['val_loss']:.4f}  val acc {m['val_acc']:.4f}  lr {m['lr']:.3g}  "
+        f"|g| {m['grad_norm']:.3g}  {m['epoch_seconds']:.1f}s  {m['samples_per_s'] or 0:.0f}/s"
+    )
 
-        result = run_trial(config, on_epoch, data_dir=data_dir, device=device, report_steps=on_steps)
-        if recorder:
-            recorder.finished(config.trial_id, result)
-    finally:
-        if store:
-            store.close()
+
+def _print_trial(result: TrialResult) -> None:
+    """The outcome of one trial; exit status 1 when it failed."""
     style = {"completed": "green", "diverged": "yellow", "failed": "red"}[result.status]
     console.print(f"[{style}]{result.status}[/] · final val acc {result.summary.get('final_val_acc')} · {result.summary['wall_seconds']:.1f}s")
     if result.status == "diverged":
@@ -349,12 +369,9 @@ def report_cmd(
     from bench.report.writer import write_report
 
     spec = _load(study, quick, profile, sets)
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         path = write_report(spec, store, reports_dir, overrides={"ci": ci, "alpha": alpha, "correction": correction})
         console.print(f"report: {path}")
-    finally:
-        store.close()
 
 
 # -- results --------------------------------------------------------------------------
@@ -408,11 +425,8 @@ def results_ls(
     if status:
         conditions.append({"status": status})
     query = {"$and": conditions} if len(conditions) > 1 else (conditions[0] if conditions else {})
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         frame = runs_frame(store.find_runs(query, sort=[("finished_at", 1)], limit=limit))
-    finally:
-        store.close()
     _print_frame(frame, fmt)
 
 
@@ -435,11 +449,8 @@ def results_query(
     if not isinstance(query, dict):
         raise BenchError(f"A filter is a JSON object such as '{{\"config.norm\": \"gn\"}}'; got {filter_json!r}.")
     validate_filter(query)
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         frame = runs_frame(store.find_runs(query, limit=limit))
-    finally:
-        store.close()
     _print_frame(frame, fmt)
 
 
@@ -449,14 +460,11 @@ def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=
     """A run's config, outcome, environment and per-epoch metrics."""
     from bench.report.frame import metrics_frame
 
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         run = store.get_run(run_id)
         if run is None:
             raise BenchError(f"No run with id {run_id!r} in {store.kind} store {store.location}. `bench results ls` lists the runs.")
         epochs = metrics_frame(store.get_metrics(run_id))
-    finally:
-        store.close()
     console.print(f"[bold]{run_id}[/] · {run.get('status')} · studies: {', '.join(run.get('study') or []) or '—'} · attempts {run.get('attempts')}")
     for title, section in (("config", run.get("config")), ("summary", run.get("summary")), ("env", run.get("env"))):
         if section:
@@ -478,11 +486,8 @@ def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=
 @guarded
 def store_info(ctx: typer.Context) -> None:
     """Which store is in use, where, and what it holds."""
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         info = store.info()
-    finally:
-        store.close()
     table = Table("key", "value", box=None)
     for k, v in info.items():
         table.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
@@ -500,11 +505,8 @@ def store_status(
     from bench.store.base import RUN_STATUSES
     from bench.store.status import study_status
 
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         rows = study_status(store, study, stale_after)
-    finally:
-        store.close()
     if not rows:
         console.print(f"No runs in the {store.kind} store {store.location}.")
         return
@@ -535,11 +537,8 @@ def store_reset(
 
     if status in FINISHED_STATUSES and not yes:
         raise BenchError(f"Re-queueing {status} runs replaces their results when they run again; add --yes to confirm.")
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         n = requeue(store, study, status)
-    finally:
-        store.close()
     console.print(f"{n} {status} runs of {study} re-queued (pending); `bench grid {study}` runs them.")
 
 
@@ -547,11 +546,8 @@ def store_reset(
 @guarded
 def store_sync(ctx: typer.Context) -> None:
     """Replay the writes journaled while MongoDB was unreachable."""
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         n = store.sync()
-    finally:
-        store.close()
     if store.kind == "embedded":
         console.print(f"The embedded store {store.location} is written directly: nothing to sync.")
     else:
@@ -571,15 +567,12 @@ def store_export(
     from bench.store.transfer import export_jsonl, export_table, format_of
 
     kind = format_of(path, fmt)
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         if kind == "jsonl":
             counts = export_jsonl(store, path, study)
             console.print(f"{path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
         else:
             console.print(f"{path}: {export_table(store, path, table, kind, study)} rows ({table})")
-    finally:
-        store.close()
 
 
 @store_app.command("import")
@@ -591,11 +584,8 @@ def store_import(
     """Add an export's studies, runs, metrics and steps to the store (upserts: importing twice changes nothing)."""
     from bench.store.transfer import import_jsonl
 
-    store = _open_store(ctx)
-    try:
+    with _store(ctx) as store:
         _print_transfer(import_jsonl(store, path), store)
-    finally:
-        store.close()
 
 
 @store_app.command("copy")
@@ -606,20 +596,13 @@ def store_copy(
     study: Annotated[str | None, typer.Option(help="Only this study and its runs.")] = None,
 ) -> None:
     """Copy the store (or one study) into another store, e.g. an embedded store to a MongoDB server."""
-    from bench.store import open_store
+    from bench.store import opened_store
     from bench.store.transfer import copy_store
 
-    source = _open_store(ctx)
-    try:
-        target = open_store(to)
-        try:
-            if target.kind == source.kind and target.location == source.location:
-                raise BenchError(f"The target {target.location} is the store being copied; give another --to.")
-            _print_transfer(copy_store(source, target, study), target)
-        finally:
-            target.close()
-    finally:
-        source.close()
+    with _store(ctx) as source, opened_store(to) as target:
+        if target.kind == source.kind and target.location == source.location:
+            raise BenchError(f"The target {target.location} is the store being copied; give another --to.")
+        _print_transfer(copy_store(source, target, study), target)
 
 
 def _print_transfer(counts: dict[str, int], target: Any) -> None:
@@ -634,27 +617,25 @@ def _print_transfer(counts: dict[str, int], target: Any) -> None:
         err_console.print(f"[yellow]The server became unreachable:[/] some writes wait in {journal.path}; run `bench store sync` when it is back.")
 
 
-
 # -- zoo ------------------------------------------------------------------------------
 
 
-def _registries() -> dict[str, Any]:
-    from bench.zoo.datasets import DATASETS
-    from bench.zoo.archs import ARCHS
-    from bench.zoo.augment import AUGMENTS
-    from bench.zoo.convs import CONVS
-    from bench.zoo.norms import NORMS
-    from bench.zoo.optimizers import OPTIMIZERS
-    from bench.zoo.schedules import SCHEDULES
+ZOO_KINDS = ("norms", "convs", "optimizers", "schedules", "archs", "augments", "datasets")
 
-    return {"norms": NORMS, "convs": CONVS, "optimizers": OPTIMIZERS, "schedules": SCHEDULES, "archs": ARCHS,
-            "augments": AUGMENTS, "datasets": DATASETS}
+
+def _registries() -> dict[str, Registry]:
+    """``bench zoo`` kind → registry. The declarations are read from the zoo's source:
+    listing them imports neither torch nor the zoo's modules."""
+    from bench.zoo.registry import REGISTRIES
+
+    by_kind = {f"{registry.kind}s": registry for registry in REGISTRIES.values()}
+    return {kind: by_kind[kind] for kind in ZOO_KINDS}
 
 
 @app.command()
 @guarded
 def zoo(
-    kind: Annotated[str | None, typer.Argument(help="norms, convs, optimizers, schedules, archs, augments or datasets.")] = None,
+    kind: Annotated[str | None, typer.Argument(help=", ".join(ZOO_KINDS[:-1]) + f" or {ZOO_KINDS[-1]}.")] = None,
     plot: Annotated[
         list[str] | None, typer.Option("--plot", help="schedules only: draw these schedules (repeatable) to --out.", show_default=False)
     ] = None,
@@ -663,34 +644,41 @@ def zoo(
     steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="--plot: optimizer steps per epoch.")] = 50,
     sets: SetOption = None,
 ) -> None:
-    """What studies can compare: every registered technique, with its paper."""
+    """What studies can compare: every registered technique, its paper and the options it reads."""
     from bench.errors import UnknownNameError
 
-    registries = _registries()
     if plot:
         if kind != "schedules":
             raise BenchError(f"--plot draws learning-rate schedules: use `bench zoo schedules --plot NAME`; got kind {kind!r}.")
         _plot_schedules(plot, out, epochs, steps_per_epoch, sets or [])
         return
+    registries = _registries()
     if kind is None:
         for name, registry in registries.items():
             console.print(f"[bold]{name}[/] ({len(registry)}): {', '.join(registry.names())}")
-        console.print("`bench zoo KIND` describes each entry.")
+        console.print("`bench zoo KIND` describes each entry and the options it reads.")
         return
     if kind not in registries:
         raise UnknownNameError("zoo kind", kind, registries)
-    table = Table("name", "description", "paper", box=None)
-    for entry in registries[kind].entries():
-        table.add_row(entry.name, entry.description, entry.paper)
-    console.print(table)
+    console.print(_zoo_table(registries[kind]))
+
+
+def _zoo_table(registry: Registry) -> Table:
+    """One row per entry: its name, its description with the options it reads beneath, its paper."""
+    table = Table("name", "description · options (name=default (unit, range): help)", "paper", box=None)
+    for entry in registry.entries():
+        options = "".join(f"\n  [dim]{escape(option.describe())}[/]" for option in entry.options)
+        table.add_row(escape(entry.name), escape(entry.description) + options, escape(entry.paper))
+    return table
 
 
 def _plot_schedules(names: list[str], out: str | None, epochs: int, steps_per_epoch: int, sets: list[str]) -> None:
-    import matplotlib.pyplot as plt
+    """Draws the named schedules, with the --set values, to a PNG file."""
+    from pathlib import Path
 
     from bench.spec import parse_assignments
-    from bench.zoo.schedule_plot import plot_schedules
-    from bench.zoo.schedules import SCHEDULES
+    from bench.zoo.registry import SCHEDULES
+    from bench.zoo.schedule_plot import save_schedule_plot
 
     for name in names:
         SCHEDULES.check(name)
@@ -698,10 +686,7 @@ def _plot_schedules(names: list[str], out: str | None, epochs: int, steps_per_ep
         raise BenchError(f"--epochs and --steps-per-epoch must be ≥ 1; got {epochs} and {steps_per_epoch}.")
     options = {"epochs": epochs, **parse_assignments(sets), "lr_scaling": "none"}
     path = Path(out or f"schedule-{'-'.join(names)}.png")
-    figure = plot_schedules(names, options, steps_per_epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_schedule_plot(names, options, steps_per_epoch, path)
     console.print(f"Wrote {path} ({', '.join(names)}; {epochs} epochs × {steps_per_epoch} steps).")
 
 

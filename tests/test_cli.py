@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -58,6 +60,27 @@ def test_zoo_lists_every_registry():
     assert result.exit_code == 1 and "Valid zoo kind names: archs, augments, convs, datasets, norms, optimizers, schedules" in result.output
 
 
+def test_zoo_shows_the_options_each_entry_reads():
+    result = invoke("zoo", "norms")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "norm_groups=8 (≥ 1): number of groups G" in text and "norm_momentum=0.1 (≥ 0 and ≤ 1)" in text
+
+
+@pytest.mark.parametrize(
+    "args", [("--help",), ("grid", "--list"), ("results", "ls"), ("store", "status"), ("zoo", "norms")], ids=" ".join
+)
+def test_listing_commands_import_neither_torch_nor_timm(tmp_path, args):
+    code = (
+        "import sys\nfrom bench.cli import main\nsys.argv = ['bench', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'torchvision'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_grid_list_shows_the_shipped_studies():
     result = invoke("grid", "--list")
     assert result.exit_code == 0 and "norm-vs-batch" in result.output and "quick" in result.output
@@ -74,9 +97,9 @@ def test_dry_run_prints_trials_and_an_estimate_and_writes_nothing(spec, store_pa
     "args, message",
     [
         (["--set", "norm=batchnorm"], "Unknown norm 'batchnorm'. Valid norm names: bcn, bn, "),
-        (["--set", "batch_size=0"], "batch_size must be a positive integer; got batch_size=0"),
+        (["--set", "batch_size=0"], "batch_size must be an integer ≥ 1; got batch_size=0"),
         (["--set", "norm=gn", "--set", "norm_groups=3"], "norm_groups=3 cannot split a layer of 8 channels"),
-        (["--set", "lr=-0.1"], "lr must be a finite number ≥ 0"),
+        (["--set", "lr=-0.1"], "lr must be a number ≥ 0; got lr=-0.1"),
         (["--set", "optimizer=lion"], "Unknown optimizer 'lion'. Valid optimizer names: adabound, adadelta, adagrad, adam, adamw, adax, lamb, lars, nadam, rmsprop, sgd."),
         (["--set", "arch=densenet"], "Unknown arch 'densenet'. Valid arch names: cnn, mlp, nf-resnet, resnet, vgg, vit."),
         (["--set", "dataset=imagenet"], "Unknown dataset 'imagenet'."),
@@ -198,6 +221,26 @@ def test_train_reports_divergence(store_path):
     assert result.exit_code == 0 and "diverged at step" in result.output
 
 
+def test_train_refuses_an_option_the_trial_does_not_read(store_path):
+    result = invoke("train", "--set", "dataset=synthetic", "--set", "adax_beta2=0.1")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "`adax_beta2` does nothing for optimizer=sgd: it is read only with optimizer=adax" in " ".join(result.output.split())
+    assert not store_path.exists()  # refused before the store is opened
+
+
+def test_train_does_not_run_a_trial_that_a_live_grid_runs(store_path):
+    from bench.spec import TrialConfig
+
+    config = TrialConfig(dataset="synthetic", width=8, epochs=1)
+    store = open_store(str(store_path))
+    store.claim_run(config.trial_id, {"heartbeat_at": "2999-01-01T00:00:00+00:00"}, driver="other", stale_before="2000-01-01")
+    store.close()
+    result = invoke("train", "--set", "dataset=synthetic", "--set", "width=8", "--set", "epochs=1")
+    assert result.exit_code == 1 and "running in another live grid" in result.output and "epoch" not in result.output
+    run = open_store(str(store_path)).get_run(config.trial_id)
+    assert (run["status"], run["driver"], run["attempts"]) == ("running", "other", 1)
+
+
 def test_unreachable_mongodb_fails_fast_with_the_password_masked():
     start = time.monotonic()
     result = invoke("--mongo-uri", "mongodb://alice:s3cret@127.0.0.1:1/bench?serverSelectionTimeoutMS=500", "store", "info")
@@ -227,7 +270,7 @@ def test_zoo_plots_schedules(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 5000 and out.read_bytes()[:4] == b"\x89PNG"
     bad = invoke("zoo", "schedules", "--plot", "sgdr", "--set", "sgdr_t_mult=0.5", "--out", str(out))
-    assert bad.exit_code == 1 and "sgdr_t_mult ≥ 1" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 1 and "sgdr_t_mult must be a number ≥ 1" in bad.output and "Traceback" not in bad.output
     unknown = invoke("zoo", "schedules", "--plot", "triangle")
     assert unknown.exit_code == 1 and "Valid schedule names" in unknown.output
     wrong_kind = invoke("zoo", "norms", "--plot", "sgdr")

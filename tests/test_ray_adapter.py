@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import bench.ray_tune as adapter
+import bench.grid.ray_executor as adapter
 from bench.errors import BenchError
-from bench.schedule import GridOptions, Recorder
+from bench.grid import GridOptions, Recorder
 from bench.spec import TrialConfig
 
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.schedule import Recorder, plan, register
+from bench.grid import Recorder, plan, register
 from bench.spec import load_spec
 from bench.store import EmbeddedStore
 from bench.store.base import stale_before

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bench.schedule import GridOptions, Recorder, run_local
+from bench.grid import GridOptions, Recorder, run_local
 from bench.spec import TrialConfig
 from bench.trial.steplog import STEP_FIELDS, StepLog
 from bench.store import open_store

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.errors import ConfigError
+from bench.grid.tuning import study_trials, tuned
 from bench.spec import load_spec
 from bench.store import open_store
-from bench.tune import study_trials, tuned
 
 SWEEP = """
     name: sweep
@@ -40,7 +40,7 @@ def test_a_list_in_a_variant_is_swept_for_that_variant_only(tmp_path):
         ("sgd", "sgd", 0.01), ("sgd", "sgd", 0.1), ("sgd", "sgd", 1.0), ("adam", "adam", 0.0001), ("adam", "adam", 0.001),
     ]
     # a list-typed field takes a list of lists to sweep, a plain list is its one value
-    text = SWEEP.replace("adam: {optimizer: adam, lr: [0.0001, 0.001]}", "adam: {optimizer: adam, lr_milestones: [0.3, 0.6]}")
+    text = SWEEP.replace("adam: {optimizer: adam, lr: [0.0001, 0.001]}", "adam: {optimizer: adam, schedule: step, lr_milestones: [0.3, 0.6]}")
     text = text.replace("tune: {over: lr, metric: final_val_acc, seeds: [1, 2]}", "")
     pairs = load_spec(write(tmp_path, text)).labelled_pairs()
     assert [c.lr_milestones for label, c in pairs if label == "adam"] == [(0.3, 0.6)]
@@ -140,7 +140,7 @@ def test_the_report_states_each_choice_and_flags_one_at_an_end_of_its_sweep():
 
 
 def test_the_tuning_round_plans_only_the_new_reruns_with_the_sweeps_stale_after(tmp_path):
-    from bench.schedule import plan, plan_tuning
+    from bench.grid import plan, plan_tuning
 
     spec = load_spec(write(tmp_path, SWEEP))
     store = open_store(str(tmp_path / "s.sqlite"))
@@ -155,5 +155,38 @@ def test_the_tuning_round_plans_only_the_new_reruns_with_the_sweeps_stale_after(
         assert second.stale_after == 7.0
         assert sorted((c.optimizer, c.lr, c.seed) for c in second.todo) == [
             ("adam", 0.001, 1), ("adam", 0.001, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2)]
+    finally:
+        store.close()
+
+
+def test_run_study_runs_the_sweep_then_the_tuned_round_and_counts_both(tmp_path, monkeypatch):
+    import contextlib
+
+    import bench.grid.local as local
+    from bench.grid import GridOptions, run_study
+    from bench.trial import TrialResult
+
+    acc = {0.01: 0.5, 0.1: 0.8, 1.0: 0.9, 0.0001: 0.6, 0.001: 0.7}
+
+    def trial(config, report, **_):
+        report({"epoch": 1, "val_acc": acc[config.lr]})
+        return TrialResult(status="completed", summary={"final_val_acc": acc[config.lr]})
+
+    monkeypatch.setattr(local, "run_trial", trial)
+    rounds = []
+
+    def progress(grid_plan, phase):
+        rounds.append((phase, len(grid_plan.todo)))
+        return contextlib.nullcontext()
+
+    spec = load_spec(write(tmp_path, SWEEP))
+    store = open_store(str(tmp_path / "s.sqlite"))
+    try:
+        outcome = run_study(spec, store, GridOptions(executor="local"), progress_factory=progress, command="bench grid sweep")
+        assert rounds == [("grid", 5), ("tuning", 4)]
+        assert (outcome.planned, outcome.tuned, outcome.counts["completed"], outcome.unfinished) == (9, 4, 9, 0)
+        assert outcome.report is None and store.get_study("sweep")["command"] == "bench grid sweep"
+        again = run_study(spec, store, GridOptions(executor="local"))
+        assert (again.planned, len(again.plan.cached), again.counts["done"]) == (0, 9, 0)
     finally:
         store.close()

@@ -19,18 +19,20 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from bench.zoo.datasets import DATASETS, dataset_source
-from bench.schedule import validate
+from bench.grid.planning import validate
 from bench.spec import StudySpec, TrialConfig, is_sweep
 from bench.trial import build_model, build_optimizer, pick_device, steps_per_epoch
+from bench.zoo.datasets import dataset_source
 
 if TYPE_CHECKING:
-    from bench.schedule import GridOptions
+    from bench.grid.options import GridOptions
 
 EVAL_OVERHEAD = 1.1  # evaluation and bookkeeping on top of the timed training steps
+TIMING_FREE = ("seed", "lr", "epochs", "warmup_epochs", "lawn_free_epochs")  # fields that do not change a step's cost
 
 
 def trial_steps(config: TrialConfig) -> int:
+    """Optimizer steps the trial takes over all its epochs."""
     source = dataset_source(config.dataset)
     train = min(source.train_size, config.train_subset or source.train_size)
     return steps_per_epoch(config, train) * config.epochs
@@ -57,6 +59,7 @@ def time_step(config: TrialConfig, device: torch.device, repeats: int = 5) -> fl
 
 
 def concurrency(options: GridOptions) -> int:
+    """How many trials run side by side on this machine."""
     if options.executor == "local":
         return 1
     cpus = os.cpu_count() or 1
@@ -64,27 +67,33 @@ def concurrency(options: GridOptions) -> int:
     return min(slots, options.max_concurrent or slots)
 
 
+def shape_key(config: TrialConfig) -> str:
+    """Trials with the same key cost the same per step: the seed, lr and epochs do not matter."""
+    return json.dumps({k: v for k, v in config.to_dict().items() if k not in TIMING_FREE}, sort_keys=True)
+
+
+def step_costs(trials: list[TrialConfig], device: torch.device, threads: int) -> dict[str, float]:
+    """Seconds per step of each distinct :func:`shape_key`, timed with ``threads`` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    costs: dict[str, float] = {}
+    try:
+        for config in trials:
+            key = shape_key(config)
+            if key not in costs:
+                costs[key] = time_step(config, device)
+    finally:
+        torch.set_num_threads(previous)
+    return costs
+
+
 def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> dict[str, Any]:
+    """Prints the study's trials with their measured cost and the totals; runs nothing."""
     trials = spec.expand()
     validate(trials)
     device = pick_device(options.device)
     threads = max(1, int(options.cpus_per_trial))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    # one timing per distinct model × batch size: the seed, lr and epochs do not change a step's cost
-    timing_free = ("seed", "lr", "epochs", "warmup_epochs", "lawn_free_epochs")
-    shape_of = {
-        c.trial_id: json.dumps({k: v for k, v in c.to_dict().items() if k not in timing_free}, sort_keys=True) for c in trials
-    }
-    step_cost: dict[str, float] = {}
-    try:
-        for config in trials:
-            key = shape_of[config.trial_id]
-            if key not in step_cost:
-                step_cost[key] = time_step(config, device)
-    finally:
-        torch.set_num_threads(previous)
-
+    costs = step_costs(trials, device, threads)
     swept = [k for v in spec.variants.values() for k, val in v.items() if is_sweep(k, val)]
     varying = list(dict.fromkeys([*spec.axes, *spec.zip, *swept]))
     variant_of = spec.variant_of()
@@ -93,7 +102,7 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     total_steps, total_seconds = 0, 0.0
     for i, config in enumerate(trials, 1):
         steps = trial_steps(config)
-        seconds = steps * step_cost[shape_of[config.trial_id]] * EVAL_OVERHEAD
+        seconds = steps * costs[shape_key(config)] * EVAL_OVERHEAD
         total_steps += steps
         total_seconds += seconds
         values = [str(getattr(config, k)) for k in varying]
@@ -108,10 +117,15 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
         f"with {slots} trial(s) side by side. Nothing was run (dry run)."
     )
     if spec.tune:
-        over = spec.tune["over"]
-        groups = {json.dumps({k: v for k, v in c.to_dict().items() if k not in (over, "seed")}, sort_keys=True) for c in trials}
-        console.print(
-            f"Then tuning: each of the {len(groups)} configurations re-run at its best {over} with seeds "
-            f"{spec.tune['seeds']} ({len(groups) * len(spec.tune['seeds'])} more trials, about as long each)."
-        )
+        console.print(tuning_note(spec, trials))
     return {"trials": len(trials), "steps": total_steps, "trial_seconds": total_seconds, "wall_seconds": wall}
+
+
+def tuning_note(spec: StudySpec, trials: list[TrialConfig]) -> str:
+    """What the tuning round will add after the sweep."""
+    over = spec.tune["over"]
+    groups = {json.dumps({k: v for k, v in c.to_dict().items() if k not in (over, "seed")}, sort_keys=True) for c in trials}
+    return (
+        f"Then tuning: each of the {len(groups)} configurations re-run at its best {over} with seeds "
+        f"{spec.tune['seeds']} ({len(groups) * len(spec.tune['seeds'])} more trials, about as long each)."
+    )

@@ -6,7 +6,7 @@ the trainer runs and is tested without Ray, and a Ray upgrade touches one file.
 One Tune trial per TrialConfig (a grid search over trial ids). Each trial reports one
 result per epoch (preceded, with ``log_steps``, by one carrying that epoch's step records)
 and a final one; a driver-side :class:`ray.tune.Callback` forwards them
-to the :class:`~bench.schedule.Recorder`, which writes to the store as results come.
+to the :class:`~bench.grid.recorder.Recorder`, which writes to the store as results come.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from bench.spec import TrialConfig
 from bench.trial import TrialResult, run_trial
 
 if TYPE_CHECKING:
-    from bench.schedule import GridOptions, Recorder
+    from bench.grid.options import GridOptions
+    from bench.grid.recorder import Recorder
 
 # Offline and quiet by default; a user's own settings win.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -111,6 +112,7 @@ def _connect(address: str | None) -> bool:
 
 
 def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -> None:
+    """Runs the trials on Ray Tune (a local runtime, or the cluster at ``options.address``)."""
     configs = {c.trial_id: c for c in todo}
 
     started = _connect(options.address)

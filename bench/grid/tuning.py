@@ -65,6 +65,7 @@ def tuned(
 
 
 def score(run: Mapping[str, Any], metric: str, sign: float) -> float:
+    """A run's metric, signed so that higher is better; -inf unless it completed with a finite value."""
     value = (run.get("summary") or {}).get(metric) if run.get("status") == "completed" else None
     if value is None or not math.isfinite(float(value)):
         return -math.inf
@@ -72,5 +73,6 @@ def score(run: Mapping[str, Any], metric: str, sign: float) -> float:
 
 
 def _group_key(label: str, config: TrialConfig, over: str) -> str:
+    """Trials of one variant that differ only in the tuned field and the seed share a key."""
     rest = {k: v for k, v in config.to_dict().items() if k not in (over, "seed")}
     return json.dumps([label, rest], sort_keys=True, default=str)

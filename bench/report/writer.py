@@ -20,7 +20,7 @@ from bench.report.markdown import build_report, section_runs
 from bench.report.schema import parse_report
 from bench.spec import StudySpec
 from bench.store.steps import steps_frame
-from bench.tune import study_trials
+from bench.grid.tuning import study_trials
 
 if TYPE_CHECKING:
     from bench.store import ResultStore

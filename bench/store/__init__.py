@@ -1,10 +1,17 @@
 """Result storage: runs, per-epoch metrics, per-step buckets and studies, in SQLite or MongoDB.
 
 ``open_store()`` picks the backend (MongoDB when ``BENCH_MONGO_URI`` is set, else an
-embedded SQLite file); both implement :class:`ResultStore` with the same documents and
-the same validated MongoDB filter subset. :mod:`bench.store.transfer` moves results
-between stores and files; :mod:`bench.store.status` summarizes and re-queues grids.
+embedded SQLite file; ``with opened_store() as store:`` also closes it); both implement
+:class:`ResultStore` with the same documents and the same validated MongoDB filter subset.
+:mod:`bench.store.transfer` moves results between stores and files; :mod:`bench.store.status`
+summarizes and re-queues grids.
 """
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
 
 from bench.store.base import SCHEMA_VERSION, ResultStore, mask_uri, open_store, sanitize
 from bench.store.embedded import EmbeddedStore
@@ -22,7 +29,18 @@ __all__ = [
     "ResultStore",
     "mask_uri",
     "open_store",
+    "opened_store",
     "sanitize",
     "steps_frame",
     "validate_filter",
 ]
+
+
+@contextlib.contextmanager
+def opened_store(uri: str | os.PathLike[str] | None = None) -> Iterator[ResultStore]:
+    """:func:`open_store` for a ``with`` block: the store is closed when the block ends."""
+    store = open_store(uri)
+    try:
+        yield store
+    finally:
+        store.close()

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import bench.schedule as schedule
+import bench.grid.local as local
 from bench.errors import QueryError, StoreError
-from bench.schedule import GridOptions, plan, run_grid
+from bench.grid import GridOptions, plan, run_grid
 from bench.spec import load_spec
 from bench.store import EmbeddedStore, ResultStore
 from bench.trial import TrialResult
@@ -152,7 +152,7 @@ def test_two_grids_at_once_lose_and_mix_up_nothing(
 ) -> None:
     """Two overlapping studies run side by side on one store: every trial runs once, under
     one driver, with exactly its epochs, and both studies list their shared trials."""
-    monkeypatch.setattr(schedule, "run_trial", _fake_trial)
+    monkeypatch.setattr(local, "run_trial", _fake_trial)
     paths = {}
     for name, batches in (("left", "[16, 32, 64]"), ("right", "[32, 64, 128]")):
         paths[name] = tmp_path / f"{name}.yaml"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.errors import StoreError
-from bench.schedule import Recorder
+from bench.grid import Recorder
 from bench.store import ResultStore
 from bench.store.size import MAX_DOCUMENT_BYTES, bson_size, fit
 from bench.trial import TrialResult

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import bench.schedule as schedule
+import bench.grid.local as local
 import bench.store
 from bench.cli import app
 from bench.errors import StoreError
-from bench.schedule import GridOptions, plan, run_grid
+from bench.grid import GridOptions, plan, run_grid
 from bench.spec import load_spec
 from bench.store import Journal
 from bench.trial import TrialResult
@@ -156,7 +156,7 @@ def test_a_grid_goes_on_when_mongodb_disappears_in_the_middle(
             report({"epoch": epoch, "val_acc": epoch / 10})
         return TrialResult(status="completed", summary={"final_val_acc": 0.3}, env={"host": "h"})
 
-    monkeypatch.setattr(schedule, "run_trial", trial)
+    monkeypatch.setattr(local, "run_trial", trial)
     grid_plan = plan(load_spec(str(spec_path)), store)
     recorder = run_grid(grid_plan, store, GridOptions(executor="local"))
     assert recorder.counts["completed"] == 3 and seen["epochs"] == 9

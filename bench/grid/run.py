@@ -1,0 +1,123 @@
+"""Running a study: plan its grid, run what is not done, record results as they come.
+
+The plan (:mod:`bench.grid.planning`) decides which trials to run; the rest go to an
+executor, and a :class:`~bench.grid.recorder.Recorder` writes each event to the store as
+it happens. Executors:
+
+- ``ray`` (default): Ray Tune, one trial per config, side by side with the resources
+  asked per trial; every Ray call lives in :mod:`bench.grid.ray_executor`, the one
+  adapter to Ray's often-changing API.
+- ``local``: the trials one after another in this process (debugging, tests).
+
+Re-running the same study after Ctrl-C or a crash runs only what is not finished.
+:func:`run_study` is the whole of ``bench grid``: the grid, then a tuned study's
+re-runs, the command that ran it, and its report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.errors import BenchError
+from bench.grid.local import run_local
+from bench.grid.options import GridOptions
+from bench.grid.planning import GridPlan, plan, plan_tuning, register
+from bench.grid.recorder import Progress, Recorder
+from bench.spec import StudySpec, TrialConfig
+from bench.store.base import STALE_AFTER
+
+if TYPE_CHECKING:
+    from bench.store import ResultStore
+
+Executor = Callable[[list[TrialConfig], Recorder, GridOptions], None]
+ProgressFactory = Callable[[GridPlan, str], AbstractContextManager[Progress | None]]
+
+
+def run_ray(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -> None:
+    """The ``ray`` executor: Ray Tune runs the trials side by side."""
+    from bench.grid.ray_executor import run_with_tune  # imports Ray
+
+    run_with_tune(todo, recorder, options)
+
+
+EXECUTORS: dict[str, Executor] = {"ray": run_ray, "local": run_local}
+
+
+def run_grid(plan_: GridPlan, store: ResultStore, options: GridOptions, progress: Progress | None = None) -> Recorder:
+    """Registers the plan and runs its trials to run; the recorder holds the counts.
+    Trials still running when it stops (Ctrl-C, a crash) are marked interrupted."""
+    if options.executor not in EXECUTORS:
+        raise BenchError(f"Unknown executor {options.executor!r}. Valid executors: {', '.join(EXECUTORS)}.")
+    register(plan_, store)
+    recorder = Recorder(store, plan_.spec.key, len(plan_.todo), progress, stale_after=plan_.stale_after, skip_finished=True)
+    if not plan_.todo:
+        return recorder
+    try:
+        EXECUTORS[options.executor](plan_.todo, recorder, options)
+    finally:
+        recorder.interrupt_unfinished()
+    return recorder
+
+
+@dataclass
+class StudyRun:
+    """What :func:`run_study` did. ``counts`` are the recorder's (done, completed, failed,
+    diverged, skipped, ...), summed over the grid and the tuning round."""
+
+    plan: GridPlan  # the grid's plan (for a tuned study: its sweep)
+    counts: dict[str, int]
+    planned: int  # trials handed to an executor, tuned re-runs included
+    tuned: int = 0  # tuned re-runs among them
+    report: Path | None = None
+
+    @property
+    def unfinished(self) -> int:
+        """Trials handed to an executor that neither finished nor were skipped (Ctrl-C, a crash)."""
+        return self.planned - self.counts["done"] - self.counts.get("skipped", 0)
+
+
+def run_study(
+    spec: StudySpec,
+    store: ResultStore,
+    options: GridOptions,
+    *,
+    stale_after: float = STALE_AFTER,
+    progress_factory: ProgressFactory | None = None,
+    report_dir: str | Path | None = None,
+    command: str | None = None,
+) -> StudyRun:
+    """Runs a study's grid and, for a tuned study whose sweep finished, its tuned re-runs;
+    then saves ``command`` (the command line that ran it) with the study and writes its
+    report into ``report_dir`` (None: no report).
+
+    ``progress_factory(plan, phase)``, phase ``"grid"`` then ``"tuning"``, is called before
+    each round runs and returns a context manager that gives what shows its progress.
+    """
+    first = plan(spec, store, stale_after=stale_after)
+    outcome = StudyRun(first, _run_round(first, "grid", store, options, progress_factory), len(first.todo))
+    if spec.tune and outcome.counts["done"] == len(first.todo):
+        tuned = plan_tuning(first, store)  # the re-runs follow from the sweep's results
+        if tuned.todo:
+            counts = _run_round(tuned, "tuning", store, options, progress_factory)
+            outcome.counts = {k: outcome.counts.get(k, 0) + v for k, v in counts.items()}
+            outcome.planned += len(tuned.todo)
+            outcome.tuned = len(tuned.todo)
+    if command:
+        store.save_study(spec.key, {"command": command})
+    if report_dir is not None:
+        from bench.report.writer import write_report  # pandas, matplotlib
+
+        outcome.report = write_report(spec, store, report_dir, grid_command=command)
+    return outcome
+
+
+def _run_round(
+    plan_: GridPlan, phase: str, store: ResultStore, options: GridOptions, progress_factory: ProgressFactory | None
+) -> dict[str, int]:
+    """One grid run under its progress display; the recorder's counts."""
+    with (progress_factory(plan_, phase) if progress_factory else nullcontext()) as progress:
+        return dict(run_grid(plan_, store, options, progress).counts)
