@@ -416,7 +416,7 @@ def results_ls(
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """List runs, filtered."""
-    from bench.query import parse_where
+    from bench.store.where import parse_where
     from bench.report.frame import runs_frame
 
     conditions = [parse_where(w) for w in where or []]

@@ -21,7 +21,7 @@ from bench.metrics import (
     run_metric,
     summary_keys,
 )
-from bench.query import parse_where, resolve_key
+from bench.store.where import parse_where, resolve_key
 from bench.report.frame import runs_frame
 from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.schema import parse_report

@@ -16,12 +16,11 @@ from bench.errors import BenchError
 from bench.grid.tuning import study_trials
 from bench.provenance import utcnow
 from bench.spec import StudySpec, TrialConfig
-from bench.store.base import FINISHED_STATUSES, STALE_AFTER, stale_before, stale_filter
+from bench.store.base import FINISHED_STATUSES, ID_CHUNK, STALE_AFTER, chunked, runs_by_id, stale_before, stale_filter
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
 
-CHUNK = 500  # trial ids per store query
 
 
 @dataclass
@@ -73,14 +72,9 @@ def plan(spec: StudySpec, store: ResultStore, *, stale_after: float = STALE_AFTE
 
 def _states(ids: list[str], store: ResultStore, threshold: str) -> tuple[set[str], set[str], set[str]]:
     """The ids that are finished, running, and running with a heartbeat older than ``threshold``."""
-    done: set[str] = set()
-    running: set[str] = set()
-    stale: set[str] = set()
-    for chunk in range(0, len(ids), CHUNK):
-        block = {"$in": ids[chunk : chunk + CHUNK]}
-        done.update(r["_id"] for r in store.find_runs({"_id": block, "status": {"$in": list(FINISHED_STATUSES)}}))
-        running.update(r["_id"] for r in store.find_runs({"_id": block, "status": "running"}))
-        stale.update(r["_id"] for r in store.find_runs({"$and": [{"_id": block}, stale_filter(threshold)]}))
+    done = {r["_id"] for r in runs_by_id(store, ids, {"status": {"$in": list(FINISHED_STATUSES)}})}
+    running = {r["_id"] for r in runs_by_id(store, ids, {"status": "running"})}
+    stale = {r["_id"] for r in runs_by_id(store, ids, stale_filter(threshold))}
     return done, running, stale
 
 
@@ -116,7 +110,7 @@ def register(plan_: GridPlan, store: ResultStore) -> None:
         store.upsert_run(config.trial_id, trial_fields(config), study=spec.key)
     threshold = stale_before(plan_.stale_after)
     todo_ids = [t.trial_id for t in plan_.todo]
-    for chunk in range(0, len(todo_ids), CHUNK):
-        block = {"$in": todo_ids[chunk : chunk + CHUNK]}
+    for chunk in chunked(todo_ids, ID_CHUNK):
+        block = {"$in": chunk}
         store.update_runs({"$and": [{"_id": block}, stale_filter(threshold)]}, {"status": "interrupted", "finished_at": utcnow()})
         store.update_runs({"_id": block, "status": {"$exists": False}}, {"status": "pending"})

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bench.spec import StudySpec, TrialConfig
+from bench.store.base import runs_by_id
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
@@ -31,10 +32,7 @@ def study_trials(spec: StudySpec, store: ResultStore | None = None) -> list[tupl
     if not spec.tune or store is None:
         return first
     ids = [c.trial_id for _, c in first]
-    runs: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(ids), 500):
-        for run in store.find_runs({"_id": {"$in": ids[i : i + 500]}}):
-            runs[run["_id"]] = run
+    runs = {run["_id"]: run for run in runs_by_id(store, ids)}
     seen = {c.trial_id for _, c in first}
     extra = [(label, c) for label, c in tuned(spec, first, runs) if c.trial_id not in seen]
     return first + extra

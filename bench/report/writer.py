@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.provenance import utcnow
+from bench.grid.tuning import study_trials
 from bench.report.export import to_csv, to_latex
 from bench.report.frame import metrics_frame, runs_frame
 from bench.report.kinds import SECTIONS
 from bench.report.markdown import build_report, section_runs
 from bench.report.schema import parse_report
 from bench.spec import StudySpec
+from bench.store.base import runs_by_id
 from bench.store.steps import steps_frame
-from bench.grid.tuning import study_trials
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
 
-_CHUNK = 500  # ids per find_runs query
 GENERATED = (".png", ".csv", ".tex")  # what a report build writes into its folder
 RUNS_FILE = "results.jsonl.gz"  # an export of the study's runs kept beside its report (`bench store export --study`)
 
@@ -77,9 +77,7 @@ def write_report(
     for variant, config in study_trials(spec, store):
         labelled.setdefault(config.trial_id, (variant, config))
     ids = list(labelled)
-    runs: list[dict[str, Any]] = []
-    for i in range(0, len(ids), _CHUNK):
-        runs += store.find_runs({"_id": {"$in": ids[i : i + _CHUNK]}})
+    runs = runs_by_id(store, ids)
     found = {r["_id"] for r in runs}
     # Trials never started still count: they show as "not run" in their cell.
     runs += [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]

@@ -533,6 +533,19 @@ def chunked(items: list[T], size: int) -> Iterator[list[T]]:
         yield items[start : start + size]
 
 
+ID_CHUNK = 500  # run ids per $in list of a query by id
+
+
+def runs_by_id(store: ResultStore, ids: Iterable[str], filter: dict | None = None) -> list[dict]:
+    """The runs among ``ids`` that match ``filter``: the one read of "these runs", in
+    ``$in`` lists of :data:`ID_CHUNK` ids (a study may hold tens of thousands)."""
+    out: list[dict] = []
+    for chunk in chunked(list(ids), ID_CHUNK):
+        by_id = {"_id": {"$in": chunk}}
+        out += store.find_runs({"$and": [by_id, filter]} if filter else by_id)
+    return out
+
+
 # --------------------------------------------------------------------------- URIs
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import StoreError
 from bench.provenance import utcnow
-from bench.store.base import FINISHED_STATUSES, SCHEMA_VERSION, dumps
+from bench.store.base import FINISHED_STATUSES, SCHEMA_VERSION, chunked, dumps
 from bench.store.steps import STEPS_PER_BUCKET, steps_frame
 
 if TYPE_CHECKING:
@@ -87,13 +87,13 @@ def export_documents(store: ResultStore, study: str | None = None) -> Iterator[I
     for doc in runs:
         yield "runs", doc
     ids = [doc["_id"] for doc in runs]
-    for start in range(0, len(ids), _RUN_CHUNK):
-        for doc in store.find_metrics(ids[start : start + _RUN_CHUNK]):
+    for chunk in chunked(ids, _RUN_CHUNK):  # streamed: an export never holds a large store in memory
+        for doc in store.find_metrics(chunk):
             yield "metrics", doc
-    for start in range(0, len(ids), _RUN_CHUNK):
+    for chunk in chunked(ids, _RUN_CHUNK):
         bucket: list[dict[str, Any]] = []
         key: tuple[str, int] | None = None
-        for record in store.find_steps(ids[start : start + _RUN_CHUNK]):
+        for record in store.find_steps(chunk):
             this = (record["run_id"], record["step"] // STEPS_PER_BUCKET)
             if key is not None and this != key and bucket:
                 yield "steps", {"run_id": key[0], "steps": bucket}
@@ -292,10 +292,10 @@ def table_frame(store: ResultStore, table: str, study: str | None = None) -> pd.
     if table == "runs":
         return _runs_table(runs)
     if table == "metrics":
-        docs = [doc for start in range(0, len(ids), _RUN_CHUNK) for doc in store.find_metrics(ids[start : start + _RUN_CHUNK])]
+        docs = store.find_metrics(ids)
         frame = pd.DataFrame(docs) if docs else pd.DataFrame(columns=["run_id", "epoch"])
         return _flat_cells(frame.reindex(columns=["run_id", "epoch", *sorted(set(frame.columns) - {"run_id", "epoch"})]))
-    records = [rec for start in range(0, len(ids), _RUN_CHUNK) for rec in store.find_steps(ids[start : start + _RUN_CHUNK])]
+    records = store.find_steps(ids)
     return _flat_cells(steps_frame(records))
 
 
