@@ -380,20 +380,26 @@ LS_COLUMNS = ("run_id", "status", "study", "dataset", "arch", "norm", "optimizer
               "epochs_done", "final_val_acc")
 
 
-def _print_frame(frame: Any, fmt: str, columns: tuple[str, ...] = LS_COLUMNS) -> None:
-    if fmt == "csv":
-        sys.stdout.write(frame.to_csv(index=False))
-    elif fmt == "json":
-        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+def _print_runs(runs: list[dict[str, Any]], fmt: str, columns: tuple[str, ...] = LS_COLUMNS) -> None:
+    """Runs as a table (no pandas: a listing starts fast), CSV or JSON (through pandas)."""
+    from bench.report.frame import run_rows, runs_frame
+
+    if fmt in ("csv", "json"):
+        frame = runs_frame(runs)
+        sys.stdout.write(frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1) + "\n")
     elif fmt == "table":
-        shown = frame[[c for c in columns if c in frame.columns]]
-        table = Table(*shown.columns, box=None)
-        for row in shown.itertuples(index=False):
-            table.add_row(*(_fmt(v) for v in row))
-        console.print(table)
-        console.print(f"{len(frame)} runs")
+        rows = run_rows(runs)
+        _print_table(rows, [c for c in columns if any(c in row for row in rows)])
+        console.print(f"{len(rows)} runs")
     else:
         raise BenchError(f"Unknown format {fmt!r}. Valid formats: table, csv, json.")
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(*columns, box=None)
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    console.print(table)
 
 
 def _fmt(value: Any) -> str:
@@ -417,7 +423,6 @@ def results_ls(
 ) -> None:
     """List runs, filtered."""
     from bench.store.where import parse_where
-    from bench.report.frame import runs_frame
 
     conditions = [parse_where(w) for w in where or []]
     if study:
@@ -426,8 +431,8 @@ def results_ls(
         conditions.append({"status": status})
     query = {"$and": conditions} if len(conditions) > 1 else (conditions[0] if conditions else {})
     with _store(ctx) as store:
-        frame = runs_frame(store.find_runs(query, sort=[("finished_at", 1)], limit=limit))
-    _print_frame(frame, fmt)
+        runs = store.find_runs(query, sort=[("finished_at", 1)], limit=limit)
+    _print_runs(runs, fmt)
 
 
 @results_app.command("query")
@@ -439,7 +444,6 @@ def results_query(
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """Runs matching a MongoDB filter (same language on the embedded store and MongoDB)."""
-    from bench.report.frame import runs_frame
     from bench.store import validate_filter
 
     try:
@@ -450,21 +454,19 @@ def results_query(
         raise BenchError(f"A filter is a JSON object such as '{{\"config.norm\": \"gn\"}}'; got {filter_json!r}.")
     validate_filter(query)
     with _store(ctx) as store:
-        frame = runs_frame(store.find_runs(query, limit=limit))
-    _print_frame(frame, fmt)
+        runs = store.find_runs(query, limit=limit)
+    _print_runs(runs, fmt)
 
 
 @results_app.command("show")
 @guarded
 def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
     """A run's config, outcome, environment and per-epoch metrics."""
-    from bench.report.frame import metrics_frame
-
     with _store(ctx) as store:
         run = store.get_run(run_id)
         if run is None:
             raise BenchError(f"No run with id {run_id!r} in {store.kind} store {store.location}. `bench results ls` lists the runs.")
-        epochs = metrics_frame(store.get_metrics(run_id))
+        epochs = sorted(store.get_metrics(run_id), key=lambda doc: doc.get("epoch", 0))
     console.print(f"[bold]{run_id}[/] · {run.get('status')} · studies: {', '.join(run.get('study') or []) or '—'} · attempts {run.get('attempts')}")
     for title, section in (("config", run.get("config")), ("summary", run.get("summary")), ("env", run.get("env"))):
         if section:
@@ -472,8 +474,8 @@ def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=
             for k, v in section.items():
                 table.add_row(k, _fmt(v))
             console.print(table)
-    if not epochs.empty:
-        _print_frame(epochs.drop(columns=["run_id"]), "table", tuple(c for c in epochs.columns if c != "run_id"))
+    if epochs:
+        _print_table(epochs, [c for c in dict.fromkeys(k for doc in epochs for k in doc) if c not in ("_id", "run_id")])
     if run.get("error"):
         console.print("[red]error:[/]")
         console.print(escape(run["error"]))

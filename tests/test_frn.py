@@ -71,6 +71,18 @@ def test_frn_on_vector_features_normalizes_each_value_by_itself():
     torch.testing.assert_close(out, torch.tensor([[1.0, -1.0]]))
 
 
+def test_frn_options_and_their_defaults_are_pinned():
+    """The defaults are the paper's (ε = 1e-6, fixed; TLU on) and never change: trial ids
+    leave defaults out."""
+    from bench.spec import DEFAULTS
+    from bench.zoo.registry import NORMS
+
+    assert NORMS.entry("frn").option_names == ("frn_eps", "frn_learned_eps", "frn_tlu")
+    assert {k: DEFAULTS[k] for k in ("frn_eps", "frn_learned_eps", "frn_tlu")} == {
+        "frn_eps": 1e-6, "frn_learned_eps": False, "frn_tlu": True,
+    }
+
+
 def test_frn_is_a_registered_norm_that_trains_in_any_architecture():
     source = dataset_source("synthetic")
     layer = NormFactory.of("frn", frn_eps=1e-4, frn_tlu=False)(8)

@@ -7,16 +7,30 @@ Config and summary fields become plain columns (``norm``, ``batch_size``,
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from bench.spec import CONFIG_FIELDS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RUN_COLUMNS = ("run_id", "status", "study", "attempts", "started_at", "finished_at")
 
 
 def runs_frame(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
+    rows = run_rows(runs)
+    columns = list(RUN_COLUMNS) + [c for c in CONFIG_FIELDS]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    return frame
+
+
+def run_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat dict per run (the rows of :func:`runs_frame`; pandas is not needed, so a
+    listing prints without importing it)."""
     rows = []
     for run in runs:
         row: dict[str, Any] = {
@@ -33,11 +47,7 @@ def runs_frame(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         error = run.get("error")
         row["error"] = error.strip().splitlines()[-1] if isinstance(error, str) and error.strip() else None
         rows.append(row)
-    columns = list(RUN_COLUMNS) + [c for c in CONFIG_FIELDS]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    return frame
+    return rows
 
 
 def _cell(value: Any) -> Any:
@@ -46,6 +56,8 @@ def _cell(value: Any) -> Any:
 
 
 def metrics_frame(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame([{k: v for k, v in d.items() if k != "_id"} for d in docs])
     if frame.empty:
         return pd.DataFrame(columns=["run_id", "epoch"])
