@@ -64,7 +64,11 @@ RUN python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb')
 RUN RAY_VERSION="$(python3 -c 'import ray; print(ray.__version__)')" \
     && pip install --no-cache-dir "ray[tune,client,default]==${RAY_VERSION}"
 
+# The package, and the studies it ships: setup.py maps ablations/ into it as
+# bench/studies, so the image runs them from any directory.
+COPY setup.py ./
 COPY bench/ ./bench/
+COPY ablations/ ./ablations/
 RUN pip install --no-cache-dir . \
     && pip check
 
@@ -94,8 +98,9 @@ RUN groupadd --gid "${BENCH_GID}" bench \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# Studies are looked up in ./ablations first (docker-compose.yml mounts the
+# host's there), then among those installed with the package.
 WORKDIR /app
-COPY --chown=bench:bench ablations/ ./ablations/
 
 USER ${BENCH_UID}:${BENCH_GID}
 

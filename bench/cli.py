@@ -84,9 +84,33 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+DISTRIBUTION = "ablation-bench"  # the name bench is installed under (pip install ablation-bench)
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: the distribution's name and version; the package's own version, marked
+    as such, when bench runs from a source tree that is not installed."""
+    if not value:
+        return
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        import bench
+
+        version = f"{bench.__version__} (source tree, not installed: {os.path.dirname(bench.__file__)})"
+    typer.echo(f"{DISTRIBUTION} {version}")
+    raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the distribution name and version, then exit."),
+    ] = False,
     store: Annotated[
         str | None,
         typer.Option(
@@ -97,8 +121,31 @@ def root(
             show_envvar=True,
         ),
     ] = None,
+    plugins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            envvar="BENCH_PLUGINS",
+            help="Your own techniques: a .py file, a package directory or a module that registers entries with the "
+            "zoo's decorators (repeatable; BENCH_PLUGINS: separated by the path separator).",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     ctx.obj = Settings(store=store)
+    if plugins:
+        _load_plugins(plugins)
+
+
+def _load_plugins(refs: list[str]) -> None:
+    from bench.zoo.plugins import load_plugins
+
+    try:
+        load_plugins([r for ref in refs for r in ref.split(os.pathsep) if r], origin="command line")
+    except BenchError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _store(ctx: typer.Context) -> AbstractContextManager[ResultStore]:
@@ -161,6 +208,11 @@ def grid(
         typer.Option(help="Seconds without a heartbeat after which a running trial counts as abandoned and is run again; "
                           "a running trial with a fresher heartbeat belongs to another live grid and is skipped."),
     ] = STALE_AFTER,
+    keep_old_results: Annotated[
+        bool,
+        typer.Option("--keep-old-results", help="Answer trials from stored runs made by other code or on other data "
+                                                "than now, instead of running them again."),
+    ] = False,
 ) -> None:
     """Run a study's grid: every trial not yet finished, side by side on Ray Tune."""
     if list_:
@@ -184,8 +236,9 @@ def grid(
 
     with _store(ctx) as store:
         outcome = run_study(
-            spec, store, options, stale_after=stale_after, progress_factory=_round_display(store, executor),
-            report_dir=reports_dir if report else None, command=_grid_command(),
+            spec, store, options, stale_after=stale_after, keep_old=keep_old_results,
+            progress_factory=_round_display(store, executor), report_dir=reports_dir if report else None,
+            command=_grid_command(),
         )
     _print_outcome(outcome)
 
@@ -234,6 +287,10 @@ def _print_plan(grid_plan: GridPlan, store: ResultStore, executor: str) -> None:
         )
     if grid_plan.live:
         console.print(f"[yellow]{len(grid_plan.live)} trials are running in another live grid:[/] skipped here")
+    from bench.grid.run import provenance_notes
+
+    for line in provenance_notes(grid_plan):
+        console.print(line, markup=False)
 
 
 def _print_outcome(outcome: StudyRun) -> None:
@@ -654,6 +711,9 @@ def zoo(
             raise BenchError(f"--plot draws learning-rate schedules: use `bench zoo schedules --plot NAME`; got kind {kind!r}.")
         _plot_schedules(plot, out, epochs, steps_per_epoch, sets or [])
         return
+    from bench.zoo.plugins import load_installed
+
+    load_installed()  # installed packages' techniques are listed too
     registries = _registries()
     if kind is None:
         for name, registry in registries.items():

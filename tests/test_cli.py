@@ -104,7 +104,7 @@ def test_dry_run_prints_trials_and_an_estimate_and_writes_nothing(spec, store_pa
         (["--set", "arch=densenet"], "Unknown arch 'densenet'. Valid arch names: cnn, mlp, nf-resnet, resnet, vgg, vit."),
         (["--set", "dataset=imagenet"], "Unknown dataset 'imagenet'."),
         (["--set", "schedule=cyclic"], "Unknown schedule 'cyclic'."),
-        (["--set", "batchsize=8"], "Unknown config key 'batchsize'."),
+        (["--set", "batchsize=8"], "Unknown --set key 'batchsize'."),
         (["--profile", "huge"], "no profile 'huge'"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
     ],

@@ -6,7 +6,11 @@ import textwrap
 import pytest
 
 from bench.errors import ConfigError, UnknownNameError
+from pathlib import Path
+
 from bench.spec import TrialConfig, from_mapping, list_specs, load_spec, parse_assignment, scaled_lr
+
+ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
 
 
 def write(tmp_path, text: str):
@@ -158,8 +162,10 @@ def test_set_values_are_read_as_yaml():
     assert parse_assignment("lr_milestones=[0.3, 0.6]") == ("lr_milestones", [0.3, 0.6])
     assert parse_assignment("dataset=cifar10") == ("dataset", "cifar10")
     assert from_mapping({"lr_milestones": [0.3, 0.6]}).lr_milestones == (0.3, 0.6)
-    with pytest.raises(UnknownNameError, match="Unknown config key 'epoch'"):
-        parse_assignment("epoch=3")
+    with pytest.raises(UnknownNameError, match="Unknown config key 'epoch'"):  # refused where it is used
+        from_mapping(dict([parse_assignment("epoch=3")]))
+    with pytest.raises(UnknownNameError, match="Unknown --set key 'epoch'"):
+        load_spec(ABLATIONS / "norm-vs-batch.yaml", overrides=dict([parse_assignment("epoch=3")]))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_assignment("epochs")
 

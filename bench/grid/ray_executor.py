@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
+from bench.zoo.plugins import Plugin, import_on_worker, loaded, ray_py_modules
 from bench.spec import TrialConfig
 from bench.trial import TrialResult, run_trial
 
@@ -70,9 +71,15 @@ class StoreCallback(tune.Callback):
             self.recorder.crashed(trial_id, _error_text(trial))
 
 
-def _trainable(params: dict[str, Any], configs: dict[str, TrialConfig], data_dir: str | None, device: str | None) -> None:
-    """Runs on a Ray worker: one trial, reporting each epoch, then the outcome."""
+def _trainable(
+    params: dict[str, Any], configs: dict[str, TrialConfig], data_dir: str | None, device: str | None,
+    plugins: list[Plugin] | None = None,
+) -> None:
+    """Runs on a Ray worker: one trial, reporting each epoch, then the outcome. The driver's
+    plugins are imported first (Ray shipped their code: ``py_modules``)."""
     import torch
+
+    import_on_worker(plugins or [])
 
     threads = int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     torch.set_num_threads(max(1, threads))
@@ -90,14 +97,18 @@ def _trainable(params: dict[str, Any], configs: dict[str, TrialConfig], data_dir
 
 
 def _connect(address: str | None) -> bool:
-    """Starts a local Ray runtime, or joins a cluster (``--address`` / RAY_ADDRESS).
-    Returns whether this call started Ray (and so should shut it down)."""
+    """Starts a local Ray runtime, or joins a cluster (``--address`` / RAY_ADDRESS), with
+    the loaded plugins' code in the runtime environment (``py_modules``: Ray copies it to
+    every worker, on every node). Returns whether this call started Ray (and so should shut
+    it down)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    modules = ray_py_modules()
     try:
         ray.init(
             address=address,
+            runtime_env={"py_modules": modules} if modules else None,
             include_dashboard=False,
             logging_level=logging.ERROR,
             log_to_driver=False,
@@ -118,7 +129,10 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
     started = _connect(options.address)
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(_trainable, configs=configs, data_dir=_absolute(options.data_dir), device=options.device),
+            tune.with_parameters(
+                _trainable, configs=configs, data_dir=_absolute(options.data_dir), device=options.device,
+                plugins=loaded(),
+            ),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         storage = Path(os.environ.get("BENCH_RAY_DIR") or Path(tempfile.gettempdir()) / "bench-ray").resolve()

@@ -9,13 +9,15 @@ it happens. Executors:
   adapter to Ray's often-changing API.
 - ``local``: the trials one after another in this process (debugging, tests).
 
-Re-running the same study after Ctrl-C or a crash runs only what is not finished.
-:func:`run_study` is the whole of ``bench grid``: the grid, then a tuned study's
-re-runs, the command that ran it, and its report.
+Re-running the same study after Ctrl-C or a crash runs only what is not finished, and
+what finished with other code or data than now (:func:`provenance_notes` says which;
+``keep_old`` keeps those). :func:`run_study` is the whole of ``bench grid``: the grid, then
+a tuned study's re-runs, the command that ran it, and its report.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -86,18 +88,20 @@ def run_study(
     options: GridOptions,
     *,
     stale_after: float = STALE_AFTER,
+    keep_old: bool = False,
     progress_factory: ProgressFactory | None = None,
     report_dir: str | Path | None = None,
     command: str | None = None,
 ) -> StudyRun:
     """Runs a study's grid and, for a tuned study whose sweep finished, its tuned re-runs;
     then saves ``command`` (the command line that ran it) with the study and writes its
-    report into ``report_dir`` (None: no report).
+    report into ``report_dir`` (None: no report). Finished trials made by other code or
+    on other data than now are run again, unless ``keep_old``.
 
     ``progress_factory(plan, phase)``, phase ``"grid"`` then ``"tuning"``, is called before
     each round runs and returns a context manager that gives what shows its progress.
     """
-    first = plan(spec, store, stale_after=stale_after)
+    first = plan(spec, store, stale_after=stale_after, keep_old=keep_old, data_dir=options.data_dir)
     outcome = StudyRun(first, _run_round(first, "grid", store, options, progress_factory), len(first.todo))
     if spec.tune and outcome.counts["done"] == len(first.todo):
         tuned = plan_tuning(first, store)  # the re-runs follow from the sweep's results
@@ -121,3 +125,48 @@ def _run_round(
     """One grid run under its progress display; the recorder's counts."""
     with (progress_factory(plan_, phase) if progress_factory else nullcontext()) as progress:
         return dict(run_grid(plan_, store, options, progress).counts)
+
+
+KEEP_OLD_FLAG = "--keep-old-results"  # the grid command's flag that sets ``keep_old``
+
+
+def provenance_notes(plan_: GridPlan) -> list[str]:
+    """One line per kind of stored run the plan did not simply answer from the store: made
+    by other code, trained on other data (run again, or kept with ``keep_old``), code
+    unknown, data not checkable here."""
+    check = plan_.provenance
+    fate = f"kept ({KEEP_OLD_FLAG})" if plan_.keep_old else "run again"
+    lines = []
+    code = [c.code for c in check.changed if c.code]
+    if code:
+        lines.append(f"{_trials(len(code))} made by other code ({_keys(code)} changed): {fate}")
+    data = [c.data for c in check.changed if c.data]
+    if data:
+        lines.append(f"{_trials(len(data))} trained on other data ({_keys(data)} changed): {fate}")
+    if check.unknown:
+        lines.append(
+            f"{_plural(len(check.unknown), 'trial')} answered from the store recorded no code fingerprint (made before "
+            "runs recorded one): their code is unknown"
+        )
+    if check.unchecked:
+        why = "; ".join(f"{name}: {reason}" for name, reason in check.unchecked_why.items())
+        lines.append(
+            f"the data of {_plural(len(check.unchecked), 'stored trial')} could not be checked here ({why}): "
+            "answered from the store"
+        )
+    return lines
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _trials(n: int) -> str:
+    return f"{_plural(n, 'trial')} {'was' if n == 1 else 'were'}"
+
+
+def _keys(groups: list[tuple[str, ...]], shown: int = 6) -> str:
+    """The changed fingerprint keys, most frequent first: ``norm:gn, trial``."""
+    counts = Counter(k for keys in groups for k in keys)
+    names = [k for k, _ in counts.most_common()]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

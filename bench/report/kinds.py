@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import UnknownNameError
+from bench.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,7 +129,7 @@ class SectionKinds:
     def register(self, name: str, description: str) -> Callable[[SectionKind], SectionKind]:
         def deco(section: SectionKind) -> SectionKind:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ConfigError(f"The {self.kind} {name!r} is already registered; give yours another name.")
             self._entries[name] = KindEntry(name, section, description)
             return section
 

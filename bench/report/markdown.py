@@ -9,7 +9,8 @@ of every trial and a reproducibility footer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +62,9 @@ def build_report(
     out += ["## Set-up", "", *_setup_lines(study, frame), *budget_lines(spec.budget, frame), ""]
     prefix = key.replace("@", "-")
     for section in spec.sections:
-        out += _section(section, study, frame, epochs, steps, prefix, report)
+        out += _section(section, study, frame, epochs, steps, prefix, report, provenance)
     out += ["## Runs", "", *_outcome_lines(frame), ""]
-    out += ["---", "", "### Provenance", "", *_provenance_lines(provenance, study, spec)]
+    out += ["---", "", "### Provenance", "", *_provenance_lines(provenance, study, spec, frame)]
     report.text = "\n".join(out) + "\n"
     return report
 
@@ -77,7 +78,7 @@ def section_runs(runs: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.Data
 
 def _section(
     section: SectionSpec, study: Mapping[str, Any], runs: pd.DataFrame, epochs: pd.DataFrame, steps: pd.DataFrame,
-    prefix: str, report: Report,
+    prefix: str, report: Report, provenance: Mapping[str, Any],
 ) -> list[str]:
     kind = SECTIONS.get(section.kind)
     where = section.options.get("where") or {}
@@ -98,6 +99,9 @@ def _section(
                      f"{prefix}/{section.name}", steps=steps.reset_index(drop=True))
     )
     out = heading + [built.text.rstrip("\n"), ""]
+    mixed = code_mix(provenance, runs["run_id"])
+    if mixed:
+        out += [f"_{mixed} (see Provenance)._", ""]
     links = []
     for stem, table in built.tables.items():
         name = stem.rsplit("/", 1)[-1]
@@ -214,7 +218,7 @@ def _outcome_lines(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: ReportSpec) -> list[str]:
+def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: ReportSpec, frame: pd.DataFrame) -> list[str]:
     lines = [f"- Generated: {prov.get('date')} from the result store ({prov.get('store')}); no training was needed to build it"]
     if prov.get("grid_command"):
         lines.append(f"- Reproduce the runs: `{prov['grid_command']}`")
@@ -239,4 +243,42 @@ def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: R
     for key in ("devices", "versions", "hosts"):
         if prov.get(key):
             lines.append(f"- {key.capitalize()}: {prov[key]}")
+    if prov.get("revisions"):
+        lines.append(f"- Code revisions: {prov['revisions']}")
+    mixed = code_mix(prov, frame["run_id"] if "run_id" in frame else [])
+    if mixed:
+        lines.append(f"- **{mixed}**")
     return lines
+
+
+def code_mix(prov: Mapping[str, Any], run_ids: Iterable[str]) -> str | None:
+    """A sentence when ``run_ids`` were made by different code, else None.
+
+    Runs that recorded code fingerprints (``prov["run_code"]``: run id → ``{key:
+    fingerprint}``) differ when some key (``norm:gn``, ``trial``) has several fingerprints
+    among them: the number of versions is the most any key has. Runs without fingerprints
+    are told apart by their revision (``prov["run_revision"]``: run id → commit and dirty
+    flag, as text), when they recorded one.
+    """
+    codes: Mapping[str, Mapping[str, str]] = prov.get("run_code") or {}
+    revisions: Mapping[str, str] = prov.get("run_revision") or {}
+    by_key: dict[str, Counter[str]] = {}
+    by_revision: Counter[str] = Counter()
+    for run_id in run_ids:
+        if run_id in codes:
+            for key, value in codes[run_id].items():
+                by_key.setdefault(key, Counter())[value] += 1
+        elif run_id in revisions:
+            by_revision[revisions[run_id]] += 1
+    parts = [f"`{key}` " + ", ".join(f"`{v}` ({_runs(n)})" for v, n in counts.most_common())
+             for key, counts in by_key.items() if len(counts) > 1]
+    if parts:
+        versions = max(len(counts) for counts in by_key.values())
+        return f"Runs made by {versions} code versions: " + "; ".join(parts)
+    if len(by_revision) > 1:
+        return f"Runs made by {len(by_revision)} code revisions: " + ", ".join(f"{v} ({_runs(n)})" for v, n in by_revision.most_common())
+    return None
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")

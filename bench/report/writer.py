@@ -52,6 +52,30 @@ def _libraries() -> str:
     return "report built with " + ", ".join(versions)
 
 
+def revision(env: Mapping[str, Any]) -> str:
+    """A run's code revision as text: its commit, and whether the tree had uncommitted
+    changes (``git_dirty``; runs from before it was recorded say nothing of it)."""
+    commit = env.get("git_commit")
+    if not commit:
+        return "no recorded commit"
+    dirty = env.get("git_dirty")
+    return f"`{commit}`" + (" with uncommitted changes" if dirty else "" if dirty is False else " (changes not recorded)")
+
+
+def code_provenance(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the footer says of the code behind the runs: ``revisions`` (each commit and
+    dirty flag with its number of runs), ``run_code`` (run id → code fingerprints) and
+    ``run_revision`` (run id → revision, what tells apart runs without fingerprints), from which
+    :func:`bench.report.markdown.code_mix` flags a table made by several code versions."""
+    envs = {r["_id"]: r["env"] for r in runs if isinstance(r.get("env"), Mapping) and r["env"]}
+    counts = Counter(revision(env) for env in envs.values())
+    return {
+        "revisions": ", ".join(f"{label} ({n} run{'s' if n != 1 else ''})" for label, n in counts.most_common()),
+        "run_code": {rid: dict(env["code"]) for rid, env in envs.items() if isinstance(env.get("code"), Mapping) and env["code"]},
+        "run_revision": {rid: revision(env) for rid, env in envs.items() if env.get("git_commit")},
+    }
+
+
 def report_flags(overrides: Mapping[str, Any]) -> str:
     """The command-line flags that give these report settings."""
     return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in overrides.items() if v is not None)
@@ -99,7 +123,8 @@ def write_report(
     envs = [r.get("env") or {} for r in runs]
     stored_study = store.get_study(spec.key) or {}
     versions = _summarize(
-        [f"bench {e.get('bench')}, torch {e.get('torch')}, torchvision {e.get('torchvision')}, ray {e.get('ray')}, python {e.get('python')}" for e in envs if e]
+        [f"bench {e.get('bench')}, torch {e.get('torch')}, torchvision {e.get('torchvision')}"
+         + (f", timm {e['timm']}" if e.get("timm") else "") + f", ray {e.get('ray')}, python {e.get('python')}" for e in envs if e]
     )
     sets = " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in spec.overrides.items())
     profile = "" if spec.profile == "default" else f" --profile {spec.profile}"
@@ -114,6 +139,7 @@ def write_report(
         "devices": _summarize([e.get("device", "") for e in envs]),
         "versions": versions,
         "hosts": _summarize([e.get("host", "") for e in envs]),
+        **code_provenance(runs),
     }
     runs_file = report_path(spec, reports_dir).with_suffix("") / RUNS_FILE
     if runs_file.is_file():

@@ -16,7 +16,6 @@ Nothing here imports torch: entries' declarations are read from the zoo's source
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -27,7 +26,7 @@ import yaml
 
 from bench.errors import ConfigError, UnknownNameError
 from bench.zoo.optimizers import WEIGHT_DECAY_MODES
-from bench.zoo.registry import REGISTRIES, Option
+from bench.zoo.registry import REGISTRIES, Option, on_register
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 
@@ -79,15 +78,16 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
 
 def _collect_options() -> tuple[dict[str, Option], dict[str, list[tuple[str, Any]]]]:
     """Every option by name, and who reads it: (field, entry name) pairs, or (when, True)."""
+    trial_level = {o.name for o in TRIAL_OPTIONS}
     options: dict[str, Option] = {o.name: o for o in TRIAL_OPTIONS}
     readers: dict[str, list[tuple[str, Any]]] = {o.name: [(o.when, True)] for o in TRIAL_OPTIONS if o.when}
     for field_name, registry in REGISTRIES.items():
         for entry in registry.entries():
             for option in entry.options:
-                known = options.setdefault(option.name, option)
-                if option.name in {o.name for o in TRIAL_OPTIONS}:
+                if option.name in trial_level:
                     raise ConfigError(f"The {entry.kind} {entry.name!r} declares {option.name!r}, a trial-level field; "
                                       "give the option another name.")
+                known = options.setdefault(option.name, option)
                 if known != option:
                     raise ConfigError(
                         f"The option {option.name!r} is declared differently by two entries (the {entry.kind} "
@@ -97,7 +97,30 @@ def _collect_options() -> tuple[dict[str, Option], dict[str, list[tuple[str, Any
     return options, readers
 
 
-OPTIONS, _READERS = _collect_options()
+# Live views: updated in place when an entry is registered at run time (a plugin), so every
+# module that imported them sees the plugin's options.
+OPTIONS: dict[str, Option] = {}
+DEFAULTS: dict[str, Any] = {}
+CONFIG_FIELDS = OPTIONS  # name → declaration (``.default``, ``.type``): the config's fields
+_READERS: dict[str, list[tuple[str, Any]]] = {}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _refresh(_entry: Any = None) -> None:
+    options, readers = _collect_options()
+    OPTIONS.clear()
+    OPTIONS.update(options)
+    DEFAULTS.clear()
+    DEFAULTS.update({name: _jsonable(o.default) for name, o in options.items()})
+    _READERS.clear()
+    _READERS.update(readers)
+
+
+_refresh()
+on_register(_refresh)
 
 
 def readers_of(name: str) -> list[tuple[str, Any]]:
@@ -105,23 +128,50 @@ def readers_of(name: str) -> list[tuple[str, Any]]:
     return list(_READERS.get(name, []))
 
 
-def _type_text(option: Option) -> str:
-    base = {int: "int", float: "float", bool: "bool", str: "str", tuple: "tuple[float, ...]"}[option.type]
-    return f"{base} | None" if option.nullable else base
+class TrialConfig:
+    """Every knob of one trial: the trial-level options and every registry entry's declared
+    options (``bench zoo KIND`` lists them with units and ranges), read as attributes
+    (``config.norm_groups``). Immutable, compared and hashed by value.
 
+    Not a dataclass: its fields are whatever the registries declare, plugins included, so
+    they are looked up in :data:`OPTIONS` when a config is made rather than fixed when this
+    module is imported.
+    """
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    __slots__ = ("_values",)
+    _values: dict[str, Any]
 
-
-class _TrialConfigBase:
-    """Methods of :class:`TrialConfig`; its fields come from the declarations."""
-
-    def __post_init__(self) -> None:
-        for name, option in OPTIONS.items():
-            object.__setattr__(self, name, option.coerce(getattr(self, name)))
+    def __init__(self, **values: Any) -> None:
+        check_keys(values, "config key")
+        checked = {name: option.coerce(values.get(name, option.default)) for name, option in OPTIONS.items()}
+        object.__setattr__(self, "_values", checked)
         self._check_names()
         self._check_values()
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        if name in OPTIONS:  # an option registered after this config was made
+            return OPTIONS[name].default
+        raise AttributeError(f"TrialConfig has no field {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("TrialConfig is immutable; use config.replace(...)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrialConfig) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        return "TrialConfig(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled as stored, without validation: a Ray worker receives configs before it
+        # imports the plugins their techniques come from.
+        return (_restore, (dict(self._values),))
 
     # -- validation -------------------------------------------------------------------
     def _check_names(self) -> None:
@@ -181,20 +231,10 @@ class _TrialConfigBase:
         return from_mapping({**self.to_dict(), **changes})
 
 
-TrialConfig = dataclasses.make_dataclass(
-    "TrialConfig",
-    [(name, _type_text(o), dataclasses.field(default=o.default)) for name, o in OPTIONS.items()],
-    bases=(_TrialConfigBase,),
-    frozen=True,
-)
-TrialConfig.__module__ = __name__  # pickling (Ray ships configs to workers) finds it here
-TrialConfig.__doc__ = (
-    "Every knob of one trial: the trial-level options and every registry entry's declared options "
-    "(``bench zoo KIND`` lists them with units and ranges)."
-)
-
-CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
-DEFAULTS: dict[str, Any] = {name: _jsonable(o.default) for name, o in OPTIONS.items()}
+def _restore(values: dict[str, Any]) -> TrialConfig:
+    config = object.__new__(TrialConfig)
+    object.__setattr__(config, "_values", values)
+    return config
 
 
 def scaled_lr(base_lr: float, batch_size: int, base_batch: int, rule: str) -> float:
@@ -205,10 +245,20 @@ def scaled_lr(base_lr: float, batch_size: int, base_batch: int, rule: str) -> fl
 
 
 def from_mapping(values: Mapping[str, Any]) -> TrialConfig:
+    check_keys(values, "config key")
+    return TrialConfig(**values)
+
+
+def check_keys(values: Iterable[str], what: str) -> None:
+    """Every key is a config field (an installed plugin's, once loaded, included)."""
     unknown = sorted(set(values) - set(OPTIONS))
     if unknown:
-        raise UnknownNameError("config key", unknown[0], OPTIONS)
-    return TrialConfig(**values)
+        from bench.zoo.plugins import load_installed
+
+        load_installed()
+        unknown = sorted(set(unknown) - set(OPTIONS))
+    if unknown:
+        raise UnknownNameError(what, unknown[0], OPTIONS)
 
 
 def trial_from_assignments(values: Mapping[str, Any]) -> TrialConfig:
@@ -231,13 +281,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"Expected KEY=VALUE (for example --set batch_size=8); got {text!r}.")
-    if key not in OPTIONS:
-        raise UnknownNameError("config key", key, OPTIONS)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if value is None and not OPTIONS[key].nullable:
+    # an unknown key is refused where the values are used (a study's plugins may declare it)
+    if value is None and key in OPTIONS and not OPTIONS[key].nullable:
         raise ConfigError(f"--set {key}= needs a value ({OPTIONS[key].type_name}).")
     return key, value
 

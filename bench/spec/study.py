@@ -33,12 +33,14 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError, UnknownNameError
-from bench.spec.config import OPTIONS, TrialConfig, from_mapping, readers_of
+from bench.spec.config import OPTIONS, TrialConfig, check_keys, from_mapping, readers_of
 
 
 # -- studies ----------------------------------------------------------------------------
 
-SPEC_KEYS = ("name", "description", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report", "profiles")
+SPEC_KEYS = (
+    "name", "description", "plugins", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report", "profiles",
+)
 PROFILE_KEYS = ("description", "base", "variants", "axes", "zip", "repeats", "seeds", "tune", "report")
 TUNE_KEYS = ("over", "metric", "seeds", "higher_is_better")
 
@@ -58,6 +60,7 @@ class StudySpec:
     profiles: tuple[str, ...] = ()
     source: str = ""
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # as the spec names them (relative to its directory)
 
     @property
     def key(self) -> str:
@@ -125,6 +128,7 @@ class StudySpec:
             **({"tune": dict(self.tune)} if self.tune else {}),
             "overrides": dict(self.overrides),
             "source": self.source,
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
 
     @property
@@ -176,6 +180,7 @@ def load_spec(
     if not isinstance(doc, dict):
         raise ConfigError(f"{path} must hold a mapping with keys {', '.join(SPEC_KEYS)}.")
     _check_keys(doc, SPEC_KEYS, "study spec")
+    plugins = _load_plugins(doc.get("plugins"), path)
     profiles = doc.get("profiles") or {}
     profile = profile or "default"
     if profile != "default":
@@ -191,13 +196,14 @@ def load_spec(
     zipped = prof.get("zip", doc.get("zip")) or {}
     variants = prof.get("variants", doc.get("variants")) or {}
     report = {**(doc.get("report") or {}), **(prof.get("report") or {})}
-    _check_keys(base, OPTIONS, "base config")
-    _check_keys(axes, OPTIONS, "axis")
-    _check_keys(zipped, OPTIONS, "zip")
+    check_keys(base, "base config key")
+    check_keys(axes, "axis key")
+    check_keys(zipped, "zip key")
+    check_keys(overrides or {}, "--set key")
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ConfigError("variants must map a name to config values, e.g. variants: {gn+ws: {norm: gn, conv: ws}}.")
     for name, values in variants.items():
-        _check_keys(values, OPTIONS, f"variant {name!r}")
+        check_keys(values, f"variant {name!r} key")
         for key, value in values.items():
             if is_sweep(key, value) and not value:
                 raise ConfigError(f"Variant {name!r} sweeps {key} over an empty list; give at least one value.")
@@ -228,9 +234,23 @@ def load_spec(
         profiles=tuple(profiles),
         source=str(path),
         overrides=overrides,
+        plugins=plugins,
     )
     check_options_read(spec)
     return spec
+
+
+def _load_plugins(refs: Any, path: Path) -> tuple[str, ...]:
+    """Imports the spec's ``plugins`` (paths relative to the spec's directory, or module
+    names); returns how each was named."""
+    if refs is None:
+        return ()
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ConfigError(f"plugins must be a list of .py files, package directories or module names; got {refs!r}.")
+    from bench.zoo.plugins import load_plugins
+
+    load_plugins(refs, base=path.parent, origin=f"study spec {path.name}")
+    return tuple(refs)
 
 
 def check_options_read(spec: StudySpec) -> None:
@@ -298,29 +318,55 @@ def _seeds(doc: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(range(repeats))
 
 
+def _shipped_studies() -> Path:
+    """The studies that ship with bench: ``bench/studies`` in an installed package (the
+    repository's ``ablations/``, mapped into the wheel as package data), the repository's
+    ``ablations/`` itself when bench runs from a checkout or an editable install."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "studies"
+    return installed if installed.is_dir() else package.parent / "ablations"
+
+
+def _study_dirs(search: Path | None = None) -> list[Path]:
+    """Where a study name is looked up, first match first: ``search`` alone when given,
+    else ``./ablations`` of the current directory (a user's project, or the checkout), then
+    the shipped studies."""
+    if search is not None:
+        return [search]
+    local, shipped = Path("ablations"), _shipped_studies()
+    if not local.is_dir():
+        return [shipped]
+    return [local] if local.resolve() == shipped.resolve() else [local, shipped]
+
+
 def default_ablations_dir() -> Path:
-    """``./ablations`` when it exists (a checkout or a user's project), else the studies
-    shipped beside the package."""
-    local = Path("ablations")
-    if local.is_dir():
-        return local
-    return Path(__file__).resolve().parent.parent / "ablations"
+    """The first directory a study name is looked up in: ``./ablations`` when it exists,
+    else the studies shipped with the package."""
+    return _study_dirs()[0]
 
 
 def list_specs(search: Path | None = None) -> list[Path]:
-    return sorted((search or default_ablations_dir()).glob("*.yaml"))
+    """Every study's spec file, by name; a study in ``./ablations`` hides a shipped study
+    of the same name."""
+    found: dict[str, Path] = {}
+    for directory in reversed(_study_dirs(search)):
+        found.update({path.stem: path for path in directory.glob("*.yaml")})
+    return [found[name] for name in sorted(found)]
 
 
 def resolve_spec_path(source: str | Path, search: Path | None = None) -> Path:
+    """A spec file given as a path, else the study of that name (see :func:`_study_dirs`)."""
     text = str(source)
     candidate = Path(text)
     if text.endswith((".yaml", ".yml")) or candidate.is_file():
         if not candidate.is_file():
             raise ConfigError(f"Study spec file {text!r} does not exist.")
         return candidate
-    directory = search or default_ablations_dir()
-    path = directory / f"{text}.yaml"
-    if not path.is_file():
-        names = [p.stem for p in list_specs(directory)]
-        raise UnknownNameError("study", text, names, hint=f"(looked in {directory}/; pass a path to a .yaml file to run your own spec)")
-    return path
+    directories = _study_dirs(search)
+    for directory in directories:
+        path = directory / f"{text}.yaml"
+        if path.is_file():
+            return path
+    names = [p.stem for p in list_specs(search)]
+    looked = " and ".join(f"{directory}/" for directory in directories)
+    raise UnknownNameError("study", text, names, hint=f"(looked in {looked}; pass a path to a .yaml file to run your own spec)")

@@ -96,12 +96,14 @@ def run_trial(
 ) -> TrialResult:
     """Train one trial to the end of its budget; never raises. ``report`` gets each
     epoch's metrics; with ``config.log_steps``, ``report_steps`` gets the per-step records
-    (once per epoch, before that epoch's metrics, and at divergence)."""
+    (once per epoch, before that epoch's metrics, and at divergence). The result's ``env``
+    is recorded as the trial runs: versions, commit, device, the fingerprints of the code
+    it runs (``code``) and of the data it trains on (``data``)."""
     result = TrialResult(status="failed")
     started = time.perf_counter()
     try:
         chosen = pick_device(device)
-        result.env = environment(str(chosen))
+        result.env = environment(str(chosen), config)
         _train(config, result, report or (lambda _: None), report_steps or (lambda _: None), data, data_dir, chosen)
     except Exception:  # noqa: BLE001 - any failure is a trial outcome, the grid goes on
         result.status = "failed"
@@ -122,6 +124,7 @@ def _train(
     seed_everything(config.seed)
     if data is None:
         data = load_dataset(config.dataset, data_dir=data_dir, train_subset=config.train_subset, val_subset=config.val_subset)
+    result.env["data"] = data.fingerprint
     data = data.to(device)
     model = build_model(config, dataset_source(config.dataset)).to(device)
     steps = steps_per_epoch(config, len(data.train_x))

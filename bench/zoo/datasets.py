@@ -16,6 +16,7 @@ on its own directory layout and on md5 checksums that an independently produced 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gzip
 import numbers
 import os
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError, ConfigError
+from bench.provenance import digest
 from bench.zoo.registry import DATASETS
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -43,6 +45,14 @@ DOWNLOAD_TIMEOUT_S = 15.0
 #: Seeds of the fixed subset selections; independent of any trial seed on purpose.
 _TRAIN_SUBSET_SEED = 0
 _VAL_SUBSET_SEED = 1
+
+#: Whether a loader may download a dataset missing from the data directory (see
+#: :func:`dataset_fingerprint`).
+_DOWNLOADS: contextvars.ContextVar[bool] = contextvars.ContextVar("bench_downloads", default=True)
+
+
+class DataNotPresent(BenchError):
+    """A dataset's files are not in the data directory, and downloading was not allowed."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,9 @@ class Splits:
     """Train and validation tensors of one dataset, ready for index-slice batching.
 
     Images are float32 NCHW standardized per channel with the training images' mean and
-    std; labels are int64 class indices.
+    std; labels are int64 class indices. ``fingerprint`` identifies the data they were made
+    from (:func:`fingerprint_arrays` of the loaded, subset-selected arrays before
+    standardization); None when the splits were not made by :func:`load_dataset`.
     """
 
     name: str
@@ -75,6 +87,7 @@ class Splits:
     val_x: torch.Tensor
     val_y: torch.Tensor
     num_classes: int
+    fingerprint: str | None = None
 
     @property
     def in_channels(self) -> int:
@@ -93,6 +106,7 @@ class Splits:
             val_x=self.val_x.to(device),
             val_y=self.val_y.to(device),
             num_classes=self.num_classes,
+            fingerprint=self.fingerprint,
         )
 
 
@@ -120,9 +134,57 @@ def load_dataset(
 
     ``train_subset`` / ``val_subset`` keep a fixed, class-stratified selection of that
     many images, the same for every trial of a study whatever its seed; a subset larger
-    than the split keeps the whole split.
+    than the split keeps the whole split. The splits carry the data's fingerprint.
     """
     source = dataset_source(name)
+    train_x, train_y, val_x, val_y = _selected(source, data_dir, train_subset, val_subset)
+    mean, std = _channel_stats(train_x)
+    return Splits(
+        name=source.name,
+        train_x=_standardize(train_x, mean, std),
+        train_y=torch.from_numpy(train_y.astype(np.int64)),
+        val_x=_standardize(val_x, mean, std),
+        val_y=torch.from_numpy(val_y.astype(np.int64)),
+        num_classes=source.num_classes,
+        fingerprint=fingerprint_arrays(train_x, train_y, val_x, val_y),
+    )
+
+
+def dataset_fingerprint(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    download: bool = True,
+) -> str:
+    """The fingerprint :func:`load_dataset` gives these splits, without standardizing
+    them. With ``download=False`` a dataset whose files are not in the data directory
+    raises :class:`DataNotPresent` instead of being downloaded."""
+    token = _DOWNLOADS.set(download)
+    try:
+        arrays = _selected(dataset_source(name), data_dir, train_subset, val_subset)
+    finally:
+        _DOWNLOADS.reset(token)
+    return fingerprint_arrays(*arrays)
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    """A short SHA-256 (:data:`bench.provenance.DIGITS` hex digits) of arrays: each one's
+    dtype, shape and bytes in C order. Equal exactly when the data are equal."""
+    def chunks() -> Iterator[Any]:
+        for array in arrays:
+            array = np.ascontiguousarray(array)
+            yield f"{array.dtype.str}{array.shape}".encode()
+            yield array.reshape(-1).view(np.uint8)  # the bytes, not copied
+
+    return digest(chunks())
+
+
+def _selected(
+    source: DatasetSource, data_dir: str | Path | None, train_subset: int | None, val_subset: int | None
+) -> Arrays:
+    """The dataset's splits as loaded, validated (NCHW) and subset-selected."""
     _check_subset("train_subset", train_subset)
     _check_subset("val_subset", val_subset)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -137,16 +199,7 @@ def load_dataset(
     if val_subset is not None:
         keep = stratified_subset(val_y, val_subset, seed=_VAL_SUBSET_SEED)
         val_x, val_y = val_x[keep], val_y[keep]
-
-    mean, std = _channel_stats(train_x)
-    return Splits(
-        name=source.name,
-        train_x=_standardize(train_x, mean, std),
-        train_y=torch.from_numpy(train_y.astype(np.int64)),
-        val_x=_standardize(val_x, mean, std),
-        val_y=torch.from_numpy(val_y.astype(np.int64)),
-        num_classes=source.num_classes,
-    )
+    return train_x, train_y, val_x, val_y
 
 
 def stratified_subset(labels: np.ndarray, size: int, *, seed: int) -> np.ndarray:
@@ -321,6 +374,9 @@ def _download(
     staging directory is removed, so a failed or interrupted attempt leaves nothing that
     a later attempt (or a concurrent trial) could mistake for the dataset.
     """
+    if not _DOWNLOADS.get():
+        where = ", ".join(str(d) for d in searched)
+        raise DataNotPresent(f"Dataset {dataset!r} is not in the data directory {root} (searched: {where}).")
     root_existed = root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)

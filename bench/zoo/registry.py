@@ -206,6 +206,13 @@ class Registry:
         if known is None:
             _check_options(entry)
             self._entries[entry.name] = entry
+            if live:
+                for listener in _LISTENERS:
+                    try:
+                        listener(entry)
+                    except ConfigError:
+                        del self._entries[entry.name]  # e.g. an option declared unlike its namesake
+                        raise
             return
         if known.module == entry.module and known.attr == entry.attr:
             if live and known.declaration() != entry.declaration():
@@ -230,6 +237,8 @@ class Registry:
         try:
             return self._all()[name]
         except (KeyError, TypeError):
+            if isinstance(name, str) and _load_installed_plugins() and name in self._entries:
+                return self._entries[name]
             raise UnknownNameError(self.kind, name, self._all()) from None
 
     def get(self, name: str) -> Any:
@@ -261,6 +270,20 @@ class Registry:
 
 
 _RESERVED = {"trial_id", "canonical", "to_dict", "replace", "effective_lr", "reads"}
+_LISTENERS: list[Callable[[Entry], None]] = []
+
+
+def _load_installed_plugins() -> bool:
+    """Loads installed packages' plugins (first miss only); whether any was loaded."""
+    from bench.zoo.plugins import load_installed
+
+    return bool(load_installed())
+
+
+def on_register(listener: Callable[[Entry], None]) -> None:
+    """Calls ``listener(entry)`` whenever an entry is registered at run time (a plugin's),
+    after the built-in declarations: how the trial config learns of new options."""
+    _LISTENERS.append(listener)
 
 
 def _check_options(entry: Entry) -> None:
