@@ -194,3 +194,30 @@ def test_plugins_reach_ray_workers_through_the_runtime_environment(tmp_path, mon
         assert run.counts["completed"] == 1, store.find_runs({})
     finally:
         store.close()
+
+
+def test_changing_one_line_of_a_plugin_reruns_exactly_the_trials_that_use_it(tmp_path):
+    from bench.grid import GridOptions, plan, run_study
+    from bench.store import open_store
+
+    path = write(tmp_path, "my_changing_norms.py", PLUGIN)
+    spec_path = write(tmp_path, "s.yaml", """\
+        name: changing
+        plugins: [my_changing_norms.py]
+        base: {dataset: synthetic, epochs: 1, width: 8}
+        axes: {norm: [scaled-bn, bn], batch_size: [16, 32]}
+        """)
+    options = GridOptions("local", 1.0, 0.0, None, None, None, "cpu")
+    store = open_store(str(tmp_path / "s.sqlite"))
+    try:
+        first = run_study(load_spec(spec_path), store, options, report_dir=None)
+        assert first.counts["completed"] == 4
+        path.write_text(path.read_text().replace("return x * self.factor", "return x * self.factor + 0.0"))
+        again = plan(load_spec(spec_path), store)
+        assert sorted(c.config.norm for c in again.changed) == ["scaled-bn", "scaled-bn"]
+        assert {c.norm for c in again.todo} == {"scaled-bn"} and len(again.todo) == 2
+        second = run_study(load_spec(spec_path), store, options, report_dir=None)
+        assert second.counts["completed"] == 2
+        assert not plan(load_spec(spec_path), store).todo  # the new code's results are current
+    finally:
+        store.close()
