@@ -110,14 +110,17 @@ def write_report(
     overrides: Mapping[str, Any] | None = None,
     store: Any = None,
     reports_dir: str | Path = "reports",
+    force: bool = False,
 ) -> Path:
-    """Writes a study's report from the store alone (no training); returns its path."""
+    """Writes a study's report from the store alone (no training); returns its path. A
+    store holding none of the study's runs does not replace an existing report, unless
+    ``force``."""
     from bench.report.writer import write_report as write
     from bench.spec import StudySpec
 
     spec = study if isinstance(study, StudySpec) else load_study(study, profile=profile, overrides=overrides)
     with opened(store) as handle:
-        return write(spec, handle, reports_dir)
+        return write(spec, handle, reports_dir, force=force)
 
 
 def open_store(store: str | Path | None = None) -> ResultStore:

@@ -21,9 +21,11 @@ import functools
 import json
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -67,8 +69,29 @@ class Settings:
     store: str | None = None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: running trials are marked interrupted on the way out."""
+
+
+@contextmanager
+def terminable() -> Iterator[None]:
+    """While a command trains: SIGTERM raises :class:`Terminated` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded(func: F) -> F:
-    """Domain errors become a styled paragraph and exit status 1; Ctrl-C exits 130."""
+    """Domain errors become a styled paragraph and exit status 1; Ctrl-C exits 130, SIGTERM 143."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -77,6 +100,9 @@ def guarded(func: F) -> F:
         except BenchError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
+        except Terminated:
+            err_console.print("[yellow]Terminated.[/] Run the same command again to resume: finished trials are kept.")
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]Interrupted.[/] Run the same command again to resume: finished trials are kept.")
             raise typer.Exit(130) from None
@@ -148,11 +174,24 @@ def _load_plugins(refs: list[str]) -> None:
         raise typer.Exit(1) from None
 
 
-def _store(ctx: typer.Context) -> AbstractContextManager[ResultStore]:
-    """The store named by --store (or the environment), for a ``with`` block that closes it."""
+def _store(ctx: typer.Context, read_only: bool = False) -> AbstractContextManager[ResultStore]:
+    """The store named by --store (or the environment), for a ``with`` block that closes it;
+    ``read_only`` for the commands that only read (nothing is created, read-only files work)."""
     from bench.store import opened_store
 
-    return opened_store(ctx.obj.store if ctx.obj else None)
+    return opened_store(ctx.obj.store if ctx.obj else None, read_only=read_only)
+
+
+def _text(what: str, value: str | None) -> str | None:
+    """A command-line argument as text: one that is not valid UTF-8 (read with surrogate
+    escapes) is refused rather than failing deep in a store."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise BenchError(f"{what} '{shown}' is not valid UTF-8 text; names, ids and conditions are UTF-8.") from None
+    return value
 
 
 # -- grid -----------------------------------------------------------------------------
@@ -226,6 +265,10 @@ def grid(
     from bench.grid import GridOptions
 
     spec = _load(study, quick, profile, sets)
+    if device:
+        from bench.trial.build import check_device
+
+        check_device(device, available=executor == "local")  # Ray's workers may have what this machine lacks
     options = GridOptions(executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device)
     if dry_run:
         from bench.grid.estimate import describe_plan
@@ -234,18 +277,24 @@ def grid(
         return
     from bench.grid.run import run_study
 
-    with _store(ctx) as store:
+    with _store(ctx) as store, terminable():
         outcome = run_study(
             spec, store, options, stale_after=stale_after, keep_old=keep_old_results,
             progress_factory=_round_display(store, executor), report_dir=reports_dir if report else None,
             command=_grid_command(),
         )
-    _print_outcome(outcome)
+    _print_outcome(outcome, _grid_command() or f"bench grid {study}")
 
 
 def _check_grid_flags(stale_after: float, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> None:
-    if stale_after < 0:
-        raise BenchError(f"--stale-after must be ≥ 0 seconds (0: every running trial counts as abandoned); got {stale_after}.")
+    import math
+
+    if not math.isfinite(stale_after) or stale_after < 0:
+        raise BenchError(
+            f"--stale-after must be a finite number of seconds ≥ 0 (0: every running trial counts as abandoned); got {stale_after}."
+        )
+    if not (math.isfinite(cpus_per_trial) and math.isfinite(gpus_per_trial)):
+        raise BenchError(f"--cpus-per-trial and --gpus-per-trial must be finite numbers; got {cpus_per_trial} and {gpus_per_trial}.")
     if cpus_per_trial <= 0 or gpus_per_trial < 0 or (max_concurrent is not None and max_concurrent < 1):
         raise BenchError(
             "--cpus-per-trial must be > 0, --gpus-per-trial ≥ 0 (fractions share a GPU) and --max-concurrent ≥ 1; "
@@ -280,9 +329,15 @@ def _print_plan(grid_plan: GridPlan, store: ResultStore, executor: str) -> None:
         f"[bold]{grid_plan.spec.key}[/]: {len(grid_plan.trials)} trials, {len(grid_plan.cached)} already finished "
         f"(answered from the store), {len(grid_plan.todo)} to run on {executor} · store: {store.kind} {store.location}"
     )
-    if grid_plan.stale:
+    if grid_plan.gone:
         console.print(
-            f"{len(grid_plan.stale)} trials were abandoned while running (no heartbeat for {grid_plan.stale_after:g} s): "
+            f"{len(grid_plan.gone)} trials were left running by a grid of this machine that has ended: "
+            "marked interrupted, run again"
+        )
+    if len(grid_plan.stale) > len(grid_plan.gone):
+        console.print(
+            f"{len(grid_plan.stale) - len(grid_plan.gone)} trials were abandoned while running "
+            f"(no heartbeat for {grid_plan.stale_after:g} s): "
             "marked interrupted, run again"
         )
     if grid_plan.live:
@@ -293,8 +348,9 @@ def _print_plan(grid_plan: GridPlan, store: ResultStore, executor: str) -> None:
         console.print(line, markup=False)
 
 
-def _print_outcome(outcome: StudyRun) -> None:
-    """The study's counts and report; exit status 130 when trials did not finish."""
+def _print_outcome(outcome: StudyRun, command: str) -> None:
+    """The study's counts and report, and what to run next; exit status 1 when trials
+    failed or the store refused writes, 130 when trials did not finish."""
     counts = outcome.counts
     cached = len(outcome.plan.cached)
     console.print(
@@ -303,16 +359,30 @@ def _print_outcome(outcome: StudyRun) -> None:
     )
     if outcome.report is not None:
         console.print(f"report: {outcome.report}")
-    if counts["failed"]:
-        console.print("[yellow]Some trials failed:[/] `bench results ls --status failed` shows them; `bench results show ID` the traceback.")
     if counts.get("skipped"):
         console.print(f"{counts['skipped']} trials were started or finished by another grid meanwhile: skipped here")
+    if outcome.write_errors:
+        err_console.print(
+            f"[bold red]error:[/] the store refused {len(outcome.write_errors)} writes (first: "
+            f"{escape(outcome.write_errors[0])}). Training went on; run `{escape(command)}` again once the store "
+            "is writable: trials whose results are missing run again.",
+            soft_wrap=True,
+        )
     if outcome.unfinished:
         err_console.print(
             f"[yellow]Interrupted:[/] {outcome.unfinished} trials did not finish. Run the same command again to resume: "
             "finished trials are kept and only the others run."
         )
         raise typer.Exit(130)
+    if counts["failed"]:
+        err_console.print(
+            f"[bold red]{counts['failed']} trials failed:[/] `bench results ls --study {outcome.plan.spec.key} --status "
+            "failed` lists them and `bench results show ID` shows an error; fix the cause, then run "
+            f"`{escape(command)}` again to run them again.",
+            soft_wrap=True,
+        )
+    if counts["failed"] or outcome.write_errors:
+        raise typer.Exit(1)
 
 
 def _list_studies(paths: list[Any]) -> None:
@@ -326,9 +396,21 @@ def _list_studies(paths: list[Any]) -> None:
 
 
 class _GridProgress:
-    """Live display of a grid: done / running / failed / diverged, elapsed, ETA."""
+    """Live display of a grid: done / running / failed / diverged, elapsed, ETA. Where the
+    output is no terminal (nohup, CI, a batch scheduler) a live bar shows nothing, so it
+    prints one line per finished trial and a summary line every :attr:`summary_every` seconds."""
 
-    def __init__(self, total: int):
+    summary_every = 60.0
+
+    def __init__(self, total: int, live: bool | None = None):
+        import threading
+        import time
+
+        self.total, self.done, self.state = total, 0, "starting"
+        self.started = time.monotonic()
+        self.live = console.is_terminal if live is None else live
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._summaries, name="grid-progress", daemon=True)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -345,15 +427,42 @@ class _GridProgress:
         self.task = self.progress.add_task("grid", total=total, state="")
 
     def __enter__(self) -> _GridProgress:
-        self.progress.start()
+        if self.live:
+            self.progress.start()
+        else:
+            self._beat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
+        else:
+            self._stop.set()
+            self._beat.join()
 
     def update(self, counts: dict[str, int]) -> None:
         state = f"running {counts['running']} · completed {counts['completed']} · diverged {counts['diverged']} · failed {counts['failed']}"
         self.progress.update(self.task, completed=counts["done"], state=state)
+        if not self.live:
+            self._log(counts, state)
+
+    def _elapsed(self) -> str:
+        import time
+
+        return f"{(time.monotonic() - self.started) / 60:.1f} min"
+
+    def _log(self, counts: dict[str, int], state: str) -> None:
+        """One plain line per trial finished since the last update."""
+        self.state = state
+        for n in range(self.done + 1, counts["done"] + 1):
+            console.print(f"trial {n}/{self.total} finished · {state} · {self._elapsed()}", markup=False, highlight=False)
+        self.done = max(self.done, counts["done"])
+
+    def _summaries(self) -> None:
+        """Every :attr:`summary_every` seconds until the grid ends: where it stands."""
+        while not self._stop.wait(self.summary_every):
+            console.print(f"grid: {self.done}/{self.total} done · {self.state} · {self._elapsed()} elapsed",
+                          markup=False, highlight=False)
 
 
 # -- train ----------------------------------------------------------------------------
@@ -375,8 +484,12 @@ def train(
 
     config = trial_from_assignments(parse_assignments(sets or []))
     preflight(config)
+    if device:
+        from bench.trial.build import check_device
+
+        check_device(device)
     console.print(f"trial [bold]{config.trial_id}[/] · effective lr {config.effective_lr:g}")
-    with (_store(ctx) if save else nullcontext()) as store:
+    with (_store(ctx) if save else nullcontext()) as store, terminable():
         result = run_one(config, store, on_epoch=_print_epoch, data_dir=data_dir, device=device)
     _print_trial(result)
 
@@ -421,13 +534,18 @@ def report_cmd(
     correction: Annotated[
         str | None, typer.Option("--correction", help="Multiple-comparison adjustment per table: none or holm (default: the spec's).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rewrite the report even when the store holds none of the study's runs.")
+    ] = False,
 ) -> None:
     """Write a study's markdown report, with its figures and CSV/LaTeX tables, from the store alone (no training)."""
     from bench.report.writer import write_report
 
     spec = _load(study, quick, profile, sets)
-    with _store(ctx) as store:
-        path = write_report(spec, store, reports_dir, overrides={"ci": ci, "alpha": alpha, "correction": correction})
+    with _store(ctx, read_only=True) as store:
+        path = write_report(
+            spec, store, reports_dir, overrides={"ci": ci, "alpha": alpha, "correction": correction}, force=force
+        )
         console.print(f"report: {path}")
 
 
@@ -479,15 +597,18 @@ def results_ls(
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """List runs, filtered."""
+    from bench.store.status import check_status, check_study
     from bench.store.where import parse_where
 
-    conditions = [parse_where(w) for w in where or []]
+    conditions = [parse_where(_text("The condition", w)) for w in where or []]
     if study:
-        conditions.append({"study": study})
+        conditions.append({"study": _text("The study", study)})
     if status:
-        conditions.append({"status": status})
+        conditions.append({"status": check_status(_text("The status", status))})
     query = {"$and": conditions} if len(conditions) > 1 else (conditions[0] if conditions else {})
-    with _store(ctx) as store:
+    with _store(ctx, read_only=True) as store:
+        if study:
+            check_study(store, study)
         runs = store.find_runs(query, sort=[("finished_at", 1)], limit=limit)
     _print_runs(runs, fmt)
 
@@ -504,13 +625,18 @@ def results_query(
     from bench.store import validate_filter
 
     try:
-        query = json.loads(filter_json)
+        query = json.loads(_text("The filter", filter_json))
     except json.JSONDecodeError as exc:
         raise BenchError(f"The filter is not valid JSON ({exc.msg} at character {exc.pos}): {filter_json!r}.") from None
+    except RecursionError:
+        raise BenchError(
+            f"The filter is nested too deeply to read ({len(filter_json):,} characters); filters are nested at most "
+            "32 levels, e.g. {\"$and\": [{\"config.norm\": \"gn\"}, {\"config.batch_size\": {\"$lte\": 8}}]}."
+        ) from None
     if not isinstance(query, dict):
         raise BenchError(f"A filter is a JSON object such as '{{\"config.norm\": \"gn\"}}'; got {filter_json!r}.")
     validate_filter(query)
-    with _store(ctx) as store:
+    with _store(ctx, read_only=True) as store:
         runs = store.find_runs(query, limit=limit)
     _print_runs(runs, fmt)
 
@@ -519,7 +645,8 @@ def results_query(
 @guarded
 def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
     """A run's config, outcome, environment and per-epoch metrics."""
-    with _store(ctx) as store:
+    _text("The run id", run_id)
+    with _store(ctx, read_only=True) as store:
         run = store.get_run(run_id)
         if run is None:
             raise BenchError(f"No run with id {run_id!r} in {store.kind} store {store.location}. `bench results ls` lists the runs.")
@@ -545,7 +672,7 @@ def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=
 @guarded
 def store_info(ctx: typer.Context) -> None:
     """Which store is in use, where, and what it holds."""
-    with _store(ctx) as store:
+    with _store(ctx, read_only=True) as store:
         info = store.info()
     table = Table("key", "value", box=None)
     for k, v in info.items():
@@ -564,8 +691,8 @@ def store_status(
     from bench.store.base import RUN_STATUSES
     from bench.store.status import study_status
 
-    with _store(ctx) as store:
-        rows = study_status(store, study, stale_after)
+    with _store(ctx, read_only=True) as store:
+        rows = study_status(store, _text("The study", study), stale_after)
     if not rows:
         console.print(f"No runs in the {store.kind} store {store.location}.")
         return
@@ -597,7 +724,7 @@ def store_reset(
     if status in FINISHED_STATUSES and not yes:
         raise BenchError(f"Re-queueing {status} runs replaces their results when they run again; add --yes to confirm.")
     with _store(ctx) as store:
-        n = requeue(store, study, status)
+        n = requeue(store, _text("The study", study), status)
     console.print(f"{n} {status} runs of {study} re-queued (pending); `bench grid {study}` runs them.")
 
 
@@ -605,12 +732,35 @@ def store_reset(
 @guarded
 def store_sync(ctx: typer.Context) -> None:
     """Replay the writes journaled while MongoDB was unreachable."""
-    with _store(ctx) as store:
-        n = store.sync()
+    try:
+        with _store(ctx) as store:
+            n = store.sync()
+    except BenchError as exc:
+        note = "" if "journal" in str(exc) else _journal_note(ctx.obj.store if ctx.obj else None)
+        raise BenchError(f"{exc} {note}".strip()) from None
     if store.kind == "embedded":
         console.print(f"The embedded store {store.location} is written directly: nothing to sync.")
     else:
         console.print(f"{n} journaled writes replayed to {store.kind} {store.location}." if n else "Nothing journaled: the store is up to date.")
+
+
+def _journal_note(uri: str | None) -> str:
+    """How many writes wait in the journal of the MongoDB server ``uri`` names, and where
+    (said when ``bench store sync`` cannot reach it); empty for other stores."""
+    from bench.store.base import is_mongo_uri, mask_uri
+
+    uri = uri or os.environ.get("BENCH_MONGO_URI", "").strip()
+    if not uri or not is_mongo_uri(uri):
+        return ""
+    from bench.store.journal import Journal, journal_path
+    from bench.store.mongo import _server_identity, database_from_uri
+
+    database = database_from_uri(uri) or os.environ.get("BENCH_MONGO_DB", "").strip() or "bench"
+    journal = Journal(journal_path(_server_identity(uri, mask_uri(uri)), database))
+    if not journal.has_entries():
+        return f"Nothing is journaled for it ({journal.path} is empty or absent): no write waits."
+    return (f"{journal.pending()} journaled writes wait in {journal.path}; they are kept until a "
+            "`bench store sync` reaches the server.")
 
 
 @store_app.command("export")
@@ -625,8 +775,12 @@ def store_export(
     """Write the store (or one study) to a file: JSON Lines to move it, CSV or Parquet to analyse it."""
     from bench.store.transfer import export_jsonl, export_table, format_of
 
+    from bench.store.status import check_study
+
     kind = format_of(path, fmt)
-    with _store(ctx) as store:
+    with _store(ctx, read_only=True) as store:
+        if study:
+            check_study(store, _text("The study", study))
         if kind == "jsonl":
             counts = export_jsonl(store, path, study)
             console.print(f"{path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -117,53 +118,83 @@ def _counts(path: Path) -> dict[str, int]:
         return {status: store.count_runs({"status": status}) for status in ("pending", "running", "completed")}
 
 
-def test_kill_9_in_the_middle_of_a_grid_then_resume(spec_path: Path, tmp_path: Path) -> None:
-    store_path = tmp_path / "grid.sqlite"
+def _grid_until_the_middle(spec_path: Path, store_path: Path, tmp_path: Path) -> subprocess.Popen:
+    """A grid driver in a subprocess, returned once 2 trials completed and 1 runs."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "bench.cli", "--store", str(store_path), "grid", str(spec_path),
                "--executor", "local", "--no-report"]
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while True:
+        if driver.poll() is not None:
+            raise AssertionError(f"the grid ended before it could be stopped: {driver.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            driver.kill()
+            raise AssertionError("the grid never reached the middle")
+        if store_path.exists():
+            counts = _counts(store_path)
+            if counts["completed"] >= 2 and counts["running"] == 1:
+                return driver
+        time.sleep(0.02)
+
+
+def _stop(driver: subprocess.Popen, sig: int) -> int:
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert driver.poll() is None, f"the grid ended before it could be killed: {driver.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "the grid never reached the middle"
-            if store_path.exists():
-                counts = _counts(store_path)
-                if counts["completed"] >= 2 and counts["running"] == 1:
-                    break
-            time.sleep(0.02)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
+        driver.send_signal(sig)
+        return driver.wait(timeout=60)
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+
+def test_kill_9_in_the_middle_of_a_grid_then_resume_at_once(spec_path: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "grid.sqlite"
+    _stop(_grid_until_the_middle(spec_path, store_path, tmp_path), signal.SIGKILL)
     with EmbeddedStore(store_path) as store:
         finished_before = {r["_id"]: r["finished_at"] for r in store.find_runs({"status": "completed"})}
-        (victim,) = [r["_id"] for r in store.find_runs({"status": "running"})]
+        (victim,) = store.find_runs({"status": "running"})
     assert len(finished_before) >= 2
+    assert victim["driver_start"]  # the claim records when the driver's process started
 
-    # The killed driver's heartbeat is recent: a rerun takes it for a live grid and leaves it.
+    # The killed driver ran on this machine and its process is gone: the trial is abandoned now,
+    # without waiting for its heartbeat to go stale and without --stale-after 0.
     result = runner.invoke(app, ["--store", str(store_path), "grid", str(spec_path), "--executor", "local", "--no-report"])
     assert result.exit_code == 0, result.output
-    assert "1 trials are running in another live grid" in result.output
-    assert _counts(store_path) == {"pending": 0, "running": 1, "completed": 5}
-
-    # Once its heartbeat is stale (here: --stale-after 0), it is marked interrupted and run again.
-    result = runner.invoke(app, ["--store", str(store_path), "grid", str(spec_path), "--executor", "local", "--no-report",
-                                 "--stale-after", "0"])
-    assert result.exit_code == 0, result.output
-    assert "5 already finished" in result.output and "1 trials were abandoned while running" in result.output
+    assert "1 trials were left running by a grid of this machine that has ended" in result.output
+    assert "another live grid" not in result.output
     with EmbeddedStore(store_path) as store:
         runs = store.find_runs({"study": "resume"})
         assert len(runs) == 6 and {r["status"] for r in runs} == {"completed"}
-        assert {r["_id"]: r["attempts"] for r in runs} == {r["_id"]: 2 if r["_id"] == victim else 1 for r in runs}
+        assert {r["_id"]: r["attempts"] for r in runs} == {r["_id"]: 2 if r["_id"] == victim["_id"] else 1 for r in runs}
         for run_id, finished_at in finished_before.items():  # nothing completed was lost or re-run
             assert store.get_run(run_id)["finished_at"] == finished_at
         metrics = store.find_metrics([r["_id"] for r in runs])
         assert sorted((m["run_id"], m["epoch"]) for m in metrics) == sorted((r["_id"], 1) for r in runs)
         assert store.info()["metrics"] == 6
+
+
+def test_sigterm_marks_the_running_trial_interrupted_and_exits_143(spec_path: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "grid.sqlite"
+    assert _stop(_grid_until_the_middle(spec_path, store_path, tmp_path), signal.SIGTERM) == 143
+    with EmbeddedStore(store_path) as store:
+        assert store.count_runs({"status": "running"}) == 0
+        (stopped,) = store.find_runs({"status": "interrupted"})
+        assert stopped["history"][-1]["outcome"] == "interrupted"
+    result = runner.invoke(app, ["--store", str(store_path), "grid", str(spec_path), "--executor", "local", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert _counts(store_path) == {"pending": 0, "running": 0, "completed": 6}
+
+
+def test_a_trial_held_by_a_live_driver_of_another_host_is_still_skipped(spec_path: Path, tmp_path: Path) -> None:
+    spec = load_spec(str(spec_path))
+    ids = [t.trial_id for t in spec.expand()]
+    with EmbeddedStore(tmp_path / "s.sqlite") as store:
+        store.upsert_run(ids[0], {"status": "running", "driver": "elsewhere:1:abc", "heartbeat_at": stale_before(0)})
+        store.upsert_run(ids[1], {"status": "running", "driver": f"{socket.gethostname()}:{os.getpid()}:abc",
+                                  "heartbeat_at": stale_before(0)})  # this very process: alive
+        grid_plan = plan(spec, store)
+        assert {t.trial_id for t in grid_plan.live} == {ids[0], ids[1]} and grid_plan.gone == {}
 
 
 def test_store_status_and_reset(tmp_path: Path) -> None:
@@ -198,4 +229,4 @@ def test_store_status_and_reset(tmp_path: Path) -> None:
 
 def test_grid_refuses_a_negative_stale_after(spec_path: Path) -> None:
     result = runner.invoke(app, ["grid", str(spec_path), "--executor", "local", "--stale-after", "-1"])
-    assert result.exit_code == 1 and "--stale-after must be ≥ 0" in result.output
+    assert result.exit_code == 1 and "--stale-after must be" in result.output

@@ -27,6 +27,8 @@ from bench.zoo.datasets import dataset_source
 if TYPE_CHECKING:
     from bench.grid.options import GridOptions
 
+ROWS_LISTED = 200  # a grid of more trials prints its first rows and a summary, not every row
+ROWS_SHOWN = 20
 EVAL_OVERHEAD = 1.1  # evaluation and bookkeeping on top of the timed training steps
 TIMING_FREE = ("seed", "lr", "epochs", "warmup_epochs", "lawn_free_epochs")  # fields that do not change a step's cost
 
@@ -100,15 +102,19 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     extra = ["variant"] if spec.variants else []
     table = Table("#", "trial id", *extra, *varying, "seed", "eff. lr", "steps", "est. s", box=None)
     total_steps, total_seconds = 0, 0.0
+    listed = len(trials) if len(trials) <= ROWS_LISTED else ROWS_SHOWN
     for i, config in enumerate(trials, 1):
         steps = trial_steps(config)
         seconds = steps * costs[shape_key(config)] * EVAL_OVERHEAD
         total_steps += steps
         total_seconds += seconds
-        values = [str(getattr(config, k)) for k in varying]
-        labels = [variant_of[config.trial_id]] if spec.variants else []
-        table.add_row(str(i), config.trial_id, *labels, *values, str(config.seed), f"{config.effective_lr:.4g}", str(steps), f"{seconds:.0f}")
+        if i <= listed:
+            values = [str(getattr(config, k)) for k in varying]
+            labels = [variant_of[config.trial_id]] if spec.variants else []
+            table.add_row(str(i), config.trial_id, *labels, *values, str(config.seed), f"{config.effective_lr:.4g}", str(steps), f"{seconds:.0f}")
     console.print(table)
+    if listed < len(trials):
+        console.print(_summary(spec, len(trials) - listed))
     slots = concurrency(options)
     wall = total_seconds / min(slots, max(1, len(trials)))
     console.print(
@@ -119,6 +125,15 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     if spec.tune:
         console.print(tuning_note(spec, trials))
     return {"trials": len(trials), "steps": total_steps, "trial_seconds": total_seconds, "wall_seconds": wall}
+
+
+def _summary(spec: StudySpec, hidden: int) -> str:
+    """What a large grid sweeps, in place of its unlisted rows."""
+    swept = [f"{k} ({len(v)})" for k, v in spec.axes.items()] + [f"{k} ({len(v)})" for k, v in spec.zip.items()]
+    parts = ", ".join(swept) or "no axes"
+    variants = f"; {len(spec.variants)} variants" if spec.variants else ""
+    return (f"… and {hidden:,} more trials, not listed (grids over {ROWS_LISTED} trials show their first {ROWS_SHOWN}): "
+            f"axes {parts}{variants}; {len(spec.seeds)} seed(s).")
 
 
 def tuning_note(spec: StudySpec, trials: list[TrialConfig]) -> str:

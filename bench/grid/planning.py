@@ -6,7 +6,8 @@ data than this grid would use (see :func:`check_provenance`): such a trial is ru
 (:func:`register` queues it), or kept with ``keep_old``. A trial ``running`` with a fresh
 heartbeat belongs to another live grid and is skipped; one whose heartbeat is older than
 ``stale_after`` seconds was abandoned and is run again (:func:`register` marks it
-``interrupted`` first).
+``interrupted`` first), and so is one whose driver ran on this host and has ended
+(killed, or stopped by an error): :func:`~bench.store.base.driver_gone` knows it at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bench.grid.tuning import study_trials
 from bench.provenance import code_fingerprint, utcnow
 from bench.spec import StudySpec, TrialConfig
 from bench.store.base import (
-    FINISHED_STATUSES, ID_CHUNK, STALE_AFTER, chunked, runs_by_id, sanitize, stale_before, stale_filter,
+    FINISHED_STATUSES, ID_CHUNK, STALE_AFTER, chunked, driver_gone, runs_by_id, sanitize, stale_before, stale_filter,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class GridPlan:
     cached: list[TrialConfig]
     live: list[TrialConfig] = field(default_factory=list)  # running in another live grid: skipped
     stale: list[TrialConfig] = field(default_factory=list)  # abandoned while running: re-run (in todo)
+    gone: dict[str, str] = field(default_factory=dict)  # of those, left by a driver of this host that ended: id → driver
     stale_after: float = STALE_AFTER
     provenance: ProvenanceCheck = field(default_factory=ProvenanceCheck)
     keep_old: bool = False  # changed runs are answered from the store instead of run again
@@ -126,7 +128,8 @@ def plan(
         raise BenchError(f"stale_after must be ≥ 0 seconds, got {stale_after}.")
     trials = [config for _, config in study_trials(spec, store)]
     validate(trials)
-    finished, running, stale = _states([t.trial_id for t in trials], store, stale_before(stale_after))
+    finished, running, stale, gone = _states([t.trial_id for t in trials], store, stale_before(stale_after))
+    stale |= set(gone)
     distinct = {t.trial_id: t for t in trials if t.trial_id in finished}  # a trial two variants share: once
     check = check_provenance(list(distinct.values()), finished, data_dir)
     rerun = set() if keep_old else {c.config.trial_id for c in check.changed}
@@ -139,6 +142,7 @@ def plan(
         cached=[t for t in trials if t.trial_id in done],
         live=[t for t in trials if t.trial_id in live],
         stale=[t for t in trials if t.trial_id in stale],
+        gone=gone,
         stale_after=stale_after,
         provenance=check,
         keep_old=keep_old,
@@ -146,12 +150,19 @@ def plan(
     )
 
 
-def _states(ids: list[str], store: ResultStore, threshold: str) -> tuple[dict[str, dict], set[str], set[str]]:
-    """The finished runs by id, and the ids running and running with a heartbeat older than ``threshold``."""
+def _states(
+    ids: list[str], store: ResultStore, threshold: str
+) -> tuple[dict[str, dict], set[str], set[str], dict[str, str]]:
+    """The finished runs by id; the ids running; those with a heartbeat older than
+    ``threshold``; and, by id, the driver of those whose driver ran here and has ended."""
     done = {r["_id"]: r for r in runs_by_id(store, ids, {"status": {"$in": list(FINISHED_STATUSES)}})}
-    running = {r["_id"] for r in runs_by_id(store, ids, {"status": "running"})}
+    running = runs_by_id(store, ids, {"status": "running"})
     stale = {r["_id"] for r in runs_by_id(store, ids, stale_filter(threshold))}
-    return done, running, stale
+    gone = {
+        r["_id"]: r["driver"] for r in running
+        if r["_id"] not in stale and driver_gone(r.get("driver"), r.get("driver_start"))
+    }
+    return done, {r["_id"] for r in running}, stale, gone
 
 
 def check_provenance(
@@ -256,6 +267,8 @@ def register(plan_: GridPlan, store: ResultStore) -> None:
         block = {"$in": chunk}
         store.update_runs({"$and": [{"_id": block}, stale_filter(threshold)]}, {"status": "interrupted", "finished_at": utcnow()})
         store.update_runs({"_id": block, "status": {"$exists": False}}, {"status": "pending"})
+    for trial_id, driver in plan_.gone.items():  # only while that driver still holds it
+        store.update_runs({"_id": trial_id, "status": "running", "driver": driver}, {"status": "interrupted", "finished_at": utcnow()})
     for changed in plan_.rerun:  # only the attempt planned on: a newer result is kept
         store.update_runs(
             {"_id": changed.config.trial_id, "status": {"$in": list(FINISHED_STATUSES)}, "attempt_id": changed.attempt_id},

@@ -36,8 +36,13 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 
+log = logging.getLogger(__name__)
+
+
 class StoreCallback(tune.Callback):
-    """Runs in the driver: forwards trial events to the recorder as they come."""
+    """Runs in the driver: forwards trial events to the recorder as they come. A store
+    error never reaches Tune (it would end the whole grid): it is logged and counted by
+    the recorder, and the trials go on."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder: Recorder | None = recorder
@@ -48,8 +53,14 @@ class StoreCallback(tune.Callback):
         return {"recorder": None}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.recorder:
-            self.recorder.started(trial.config["trial_id"])
+        if not self.recorder:
+            return
+        trial_id = trial.config["trial_id"]
+        try:
+            self.recorder.started(trial_id)
+        except BenchError as exc:  # not claimed: the trial runs on, its results unrecorded
+            self.recorder.write_errors.append(f"start {trial_id}: {exc}")
+            log.warning("Could not record the start of %s: %s", trial_id, exc)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if not self.recorder:

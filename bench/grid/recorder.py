@@ -5,24 +5,37 @@ so two grids sharing a store never run the same trial at once. While trials run,
 driver keeps their ``heartbeat_at`` fresh (a background beat every ``HEARTBEAT_EVERY``
 seconds, besides each epoch); a trial left ``running`` with an older heartbeat than
 ``stale_after`` seconds was abandoned (its driver was killed), and the next plan runs it
-again, while a fresh one belongs to another live grid and is skipped.
+again, while a fresh one belongs to another live grid and is skipped. A trial left
+``running`` by a driver on this host whose process has ended (:func:`driver_gone`) is
+abandoned at once, whatever its heartbeat.
+
+A store problem is never a training outcome: a write the store cannot take is journaled
+by the store; one it refuses is logged and counted (``write_errors``), and the trial goes
+on. Each attempt's outcome is kept in the run's ``history``; a failed or interrupted
+attempt never replaces a completed or diverged result.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bench.errors import BenchError
 from bench.provenance import utcnow
-from bench.store.base import STALE_AFTER, stale_before
+from bench.store.base import (
+    FINISHED_STATUSES, STALE_AFTER, driver_gone, history_entry, process_start, stale_before, with_history,
+)
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
     from bench.trial import TrialResult
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 30.0  # seconds between background heartbeats of running trials
 
@@ -59,6 +72,9 @@ class Recorder:
         self.active: set[str] = set()
         self.skipped: list[str] = []
         self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.driver_start = process_start(os.getpid())  # tells this process from a later one with its pid
+        self.write_errors: list[str] = []  # writes the store refused (not journaled)
+        self._attempts: dict[str, dict[str, Any]] = {}  # trial id → its attempt's start and the result it keeps
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._beater: threading.Thread | None = None
@@ -69,20 +85,20 @@ class Recorder:
             self.progress.update(dict(self.counts))
 
     def started(self, trial_id: str) -> bool:
-        """Claims the trial for this driver; False when another grid holds (or finished) it."""
+        """Claims the trial for this driver; False when another grid holds (or finished) it.
+        A trial held by a driver of this host whose process has ended is taken over."""
+        prior = None if self.skip_finished else self.store.get_run(trial_id)
         now = utcnow()
-        claimed = self.store.claim_run(
-            trial_id,
-            {"started_at": now, "heartbeat_at": now, "finished_at": None, "error": None},
-            driver=self.driver,
-            stale_before=stale_before(self.stale_after),
-            skip_finished=self.skip_finished,
-        )
+        claimed = self._claim(trial_id, now)
+        if not claimed and self._release_if_gone(trial_id):
+            claimed = self._claim(trial_id, now)
         if not claimed:
             self.skipped.append(trial_id)
             self.counts["skipped"] += 1
             self._tick()
             return False
+        kept = {k: prior.get(k) for k in ("status", "finished_at", "error")} if prior else {}
+        self._attempts[trial_id] = {"started_at": now, "kept": kept if kept.get("status") in FINISHED_STATUSES else None}
         with self._lock:
             self.active.add(trial_id)
             self.counts["running"] = len(self.active)
@@ -92,6 +108,33 @@ class Recorder:
                 self._beater.start()
         self._tick()
         return True
+
+    def _claim(self, trial_id: str, now: str) -> bool:
+        fields = {"started_at": now, "heartbeat_at": now, "finished_at": None, "error": None, "driver_start": self.driver_start}
+        return self.store.claim_run(
+            trial_id, fields, driver=self.driver, stale_before=stale_before(self.stale_after),
+            skip_finished=self.skip_finished,
+        )
+
+    def _release_if_gone(self, trial_id: str) -> bool:
+        """Marks the trial interrupted when it is ``running`` under a driver of this host
+        whose process has ended; True when it did."""
+        run = self.store.get_run(trial_id)
+        if not run or run.get("status") != "running" or not driver_gone(run.get("driver"), run.get("driver_start")):
+            return False
+        condition = {"_id": trial_id, "status": "running", "driver": run["driver"]}
+        return self.store.update_runs(condition, {"status": "interrupted", "finished_at": utcnow()}) > 0
+
+    def _safely(self, action: str, write: Callable[[], Any]) -> bool:
+        """Runs one store write; a store error is logged and counted, never raised: the
+        trial goes on (writes the store cannot take now are journaled by the store)."""
+        try:
+            write()
+            return True
+        except BenchError as exc:
+            self.write_errors.append(f"{action}: {exc}")
+            log.warning("Could not %s: %s The trial goes on.", action, exc)
+            return False
 
     def _beat(self) -> None:
         """Refreshes the heartbeat of every active trial until none is left."""
@@ -114,6 +157,9 @@ class Recorder:
         """Stores one epoch's metrics and refreshes the trial's heartbeat."""
         if trial_id not in self.active:
             return  # claimed by another grid
+        self._safely(f"save epoch {metrics.get('epoch')} of {trial_id}", lambda: self._save_epoch(trial_id, metrics))
+
+    def _save_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
         self.store.upsert_metrics([{"run_id": trial_id, **metrics}])
         self.store.upsert_run(trial_id, {"heartbeat_at": utcnow()})
 
@@ -121,22 +167,39 @@ class Recorder:
         """Stores per-step records."""
         if trial_id not in self.active:
             return
-        self.store.upsert_steps(trial_id, records)
+        self._safely(f"save the steps of {trial_id}", lambda: self.store.upsert_steps(trial_id, records))
 
     def finished(self, trial_id: str, result: TrialResult) -> None:
-        """Stores the trial's outcome: status, summary, error and environment."""
+        """Stores the trial's outcome: status, summary, error and environment, and the
+        attempt in the run's history. A failed attempt of a run that had completed (or
+        diverged) goes into its history only: the run keeps its result."""
         if trial_id not in self.active:
             return
-        self.store.upsert_run(
-            trial_id,
-            {"status": result.status, "summary": result.summary, "error": result.error, "env": result.env, "finished_at": utcnow()},
-        )
+        now = utcnow()
+        kept = self._attempts.get(trial_id, {}).get("kept")
+        if result.status == "failed" and kept:
+            fields: dict[str, Any] = dict(kept)
+        else:
+            fields = {"status": result.status, "summary": result.summary, "error": result.error, "env": result.env, "finished_at": now}
+        fields["history"] = self._history(trial_id, result.status, result.error, now)
+        self._safely(f"save the outcome of {trial_id}", lambda: self.store.upsert_run(trial_id, fields))
         self._close(trial_id, result.status)
 
     def crashed(self, trial_id: str, error: str) -> None:
         """The worker died (out of memory, killed): the trial failed, the grid goes on."""
-        self.store.upsert_run(trial_id, {"status": "failed", "error": error, "finished_at": utcnow()})
+        now = utcnow()
+        fields = dict(self._attempts.get(trial_id, {}).get("kept") or {"status": "failed", "error": error, "finished_at": now})
+        fields["history"] = self._history(trial_id, "failed", error, now)
+        self._safely(f"save the outcome of {trial_id}", lambda: self.store.upsert_run(trial_id, fields))
         self._close(trial_id, "failed")
+
+    def _history(self, trial_id: str, outcome: str, error: str | None, now: str) -> list[dict[str, Any]]:
+        """The run's history with this attempt added (read once, at the attempt's end)."""
+        try:
+            run = self.store.get_run(trial_id)
+        except BenchError:
+            run = None
+        return with_history(run, history_entry(outcome, error, self._attempts.get(trial_id, {}).get("started_at"), now))
 
     def _close(self, trial_id: str, status: str) -> None:
         """The trial is over: counted, and its heartbeat stops."""
@@ -157,9 +220,12 @@ class Recorder:
             self.active.clear()
             self.counts["running"] = 0
             self._wake.set()
-        if trial_ids:
-            self.store.update_runs(
-                {"_id": {"$in": trial_ids}, "status": "running", "driver": self.driver},
-                {"status": "interrupted", "finished_at": utcnow()},
+        now = utcnow()
+        for trial_id in trial_ids:
+            fields = dict(self._attempts.get(trial_id, {}).get("kept") or {"status": "interrupted", "finished_at": now})
+            fields["history"] = self._history(trial_id, "interrupted", None, now)
+            self._safely(
+                f"mark {trial_id} interrupted",
+                lambda: self.store.update_runs({"_id": trial_id, "status": "running", "driver": self.driver}, fields),
             )
         return len(trial_ids)

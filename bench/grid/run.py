@@ -12,15 +12,18 @@ it happens. Executors:
 Re-running the same study after Ctrl-C or a crash runs only what is not finished, and
 what finished with other code or data than now (:func:`provenance_notes` says which;
 ``keep_old`` keeps those). :func:`run_study` is the whole of ``bench grid``: the grid, then
-a tuned study's re-runs, the command that ran it, and its report.
+a tuned study's re-runs, the command that ran it, and its report. Before any trial
+starts, each dataset the trials need is checked once (:func:`check_datasets`): a missing
+one is one clear error, not a failed trial each.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,8 @@ from bench.store.base import STALE_AFTER
 
 if TYPE_CHECKING:
     from bench.store import ResultStore
+
+log = logging.getLogger(__name__)
 
 Executor = Callable[[list[TrialConfig], Recorder, GridOptions], None]
 ProgressFactory = Callable[[GridPlan, str], AbstractContextManager[Progress | None]]
@@ -61,8 +66,28 @@ def run_grid(plan_: GridPlan, store: ResultStore, options: GridOptions, progress
     try:
         EXECUTORS[options.executor](plan_.todo, recorder, options)
     finally:
-        recorder.interrupt_unfinished()
+        _interrupt(recorder)
     return recorder
+
+
+def _interrupt(recorder: Recorder) -> None:
+    """Marks the trials still running interrupted; a store that fails now (a full disk)
+    does not hide why the grid stopped: those trials stay ``running`` under this driver,
+    which the next plan sees has ended."""
+    try:
+        recorder.interrupt_unfinished()
+    except BenchError as exc:
+        log.warning("Could not mark the unfinished trials interrupted: %s", exc)
+
+
+def check_datasets(trials: list[TrialConfig], data_dir: str | None) -> None:
+    """Each dataset the trials read from files is in ``data_dir``, or is downloaded now,
+    once, before any trial starts; otherwise the error names the directory and the files."""
+    from bench.zoo.datasets import dataset_fingerprint, dataset_source  # numpy, torch
+
+    for name in sorted({t.dataset for t in trials}):
+        if dataset_source(name).needs_files:
+            dataset_fingerprint(name, data_dir=data_dir)
 
 
 @dataclass
@@ -75,6 +100,7 @@ class StudyRun:
     planned: int  # trials handed to an executor, tuned re-runs included
     tuned: int = 0  # tuned re-runs among them
     report: Path | None = None
+    write_errors: list[str] = field(default_factory=list)  # writes the store refused (logged, the grid went on)
 
     @property
     def unfinished(self) -> int:
@@ -102,11 +128,14 @@ def run_study(
     each round runs and returns a context manager that gives what shows its progress.
     """
     first = plan(spec, store, stale_after=stale_after, keep_old=keep_old, data_dir=options.data_dir)
-    outcome = StudyRun(first, _run_round(first, "grid", store, options, progress_factory), len(first.todo))
+    if first.todo and not options.address:  # a cluster's nodes have their own data directories
+        check_datasets(first.todo, options.data_dir)
+    outcome = StudyRun(first, {}, len(first.todo))
+    outcome.counts = _run_round(first, "grid", store, options, progress_factory, outcome.write_errors)
     if spec.tune and outcome.counts["done"] == len(first.todo):
         tuned = plan_tuning(first, store)  # the re-runs follow from the sweep's results
         if tuned.todo:
-            counts = _run_round(tuned, "tuning", store, options, progress_factory)
+            counts = _run_round(tuned, "tuning", store, options, progress_factory, outcome.write_errors)
             outcome.counts = {k: outcome.counts.get(k, 0) + v for k, v in counts.items()}
             outcome.planned += len(tuned.todo)
             outcome.tuned = len(tuned.todo)
@@ -120,11 +149,15 @@ def run_study(
 
 
 def _run_round(
-    plan_: GridPlan, phase: str, store: ResultStore, options: GridOptions, progress_factory: ProgressFactory | None
+    plan_: GridPlan, phase: str, store: ResultStore, options: GridOptions, progress_factory: ProgressFactory | None,
+    write_errors: list[str],
 ) -> dict[str, int]:
-    """One grid run under its progress display; the recorder's counts."""
+    """One grid run under its progress display; the recorder's counts (its refused writes
+    are added to ``write_errors``)."""
     with (progress_factory(plan_, phase) if progress_factory else nullcontext()) as progress:
-        return dict(run_grid(plan_, store, options, progress).counts)
+        recorder = run_grid(plan_, store, options, progress)
+    write_errors += recorder.write_errors
+    return dict(recorder.counts)
 
 
 KEEP_OLD_FLAG = "--keep-old-results"  # the grid command's flag that sets ``keep_old``

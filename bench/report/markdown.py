@@ -23,6 +23,7 @@ from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.schema import ReportSpec, SectionSpec, parse_report
 from bench.report.sections._common import varied_keys
 from bench.spec import CONFIG_FIELDS
+from bench.store.base import mask_command
 
 
 @dataclass
@@ -221,9 +222,9 @@ def _outcome_lines(frame: pd.DataFrame) -> list[str]:
 def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: ReportSpec, frame: pd.DataFrame) -> list[str]:
     lines = [f"- Generated: {prov.get('date')} from the result store ({prov.get('store')}); no training was needed to build it"]
     if prov.get("grid_command"):
-        lines.append(f"- Reproduce the runs: `{prov['grid_command']}`")
+        lines.append(f"- Reproduce the runs: `{mask_command(str(prov['grid_command']))}`")
     if prov.get("report_command"):
-        lines.append(f"- Rebuild this report: `{prov['report_command']}`")
+        lines.append(f"- Rebuild this report: `{mask_command(str(prov['report_command']))}`")
     if prov.get("runs_file"):
         lines.append(
             f"- The runs: [`{prov['runs_file']}`]({prov['runs_file']}) (`bench store import` it, then rebuild as above, "

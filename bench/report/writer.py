@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.errors import BenchError
 from bench.provenance import utcnow
 from bench.grid.tuning import study_trials
 from bench.report.export import to_csv, to_latex
@@ -88,11 +89,13 @@ def write_report(
     grid_command: str | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> Path:
     """Reads the study's trials from the store (by the ids its spec expands to) and their
     per-epoch metrics and per-step records when a section needs them, writes ``<reports_dir>/<study>.md`` and
     its figures and tables beside it. ``overrides``: report settings (``ci``, ``alpha``,
-    ``correction``) replacing the spec's."""
+    ``correction``) replacing the spec's. A store that holds none of the study's runs
+    does not replace an existing report (:func:`refuse_empty_rewrite`), unless ``force``."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     study = spec.to_dict()
     sections = parse_report(study["report"], study, overrides=overrides).sections  # fail before reading anything
@@ -103,6 +106,8 @@ def write_report(
     ids = list(labelled)
     runs = runs_by_id(store, ids)
     found = {r["_id"] for r in runs}
+    if not found and not force:
+        refuse_empty_rewrite(spec, store, reports_dir, len(ids))
     # Trials never started still count: they show as "not run" in their cell.
     runs += [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]
     frame = runs_frame(runs)
@@ -165,6 +170,19 @@ def write_report(
     _remove_stale(path.with_suffix(""), written)
     path.write_text(report.text)
     return path
+
+
+def refuse_empty_rewrite(spec: StudySpec, store: ResultStore, reports_dir: str | Path, runs: int) -> None:
+    """Raises when the study's report exists: a store without any of the study's runs (the
+    wrong store, an empty file) would replace it with "not run" cells and delete its figures."""
+    path = report_path(spec, reports_dir)
+    if path.exists():
+        raise BenchError(
+            f"The store {store.kind} {store.location} holds none of the {runs} runs of "
+            f"{spec.key}, and its report {path} exists: rebuilding it would replace every result with "
+            "\"not run\" and delete its figures and tables. Point --store (or BENCH_STORE / BENCH_MONGO_URI) "
+            "at the store that holds the runs, or pass --force to rewrite the report anyway."
+        )
 
 
 def _remove_stale(folder: Path, written: set[Path]) -> None:

@@ -70,7 +70,8 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
     # budget
     Option("batch_size", int, 32, "examples per optimizer step", unit="examples", ge=1),
     Option("epochs", int, 5, "passes over the training set", ge=1),
-    Option("seed", int, 0, "seeds the model's init, the batch order and the augmentation"),
+    Option("seed", int, 0, "seeds the model's init, the batch order and the augmentation (numpy takes 0 … 2³²−1)",
+           ge=0, le=2**32 - 1),
     Option("diverge_factor", float, 10.0, "divergence: a loss NaN/inf or above this × the first step's loss", gt=1),
     Option("log_steps", bool, False, "record every optimizer step and the run's stability metrics"),
 )

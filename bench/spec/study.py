@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,40 +175,38 @@ def load_spec(
     """Load a study by name (``ablations/NAME.yaml``) or path, apply a profile and
     command-line overrides. An override of an axis fixes that axis to the one value."""
     path = resolve_spec_path(source, search)
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path} must hold a mapping with keys {', '.join(SPEC_KEYS)}.")
+    doc = _read_doc(path)
     _check_keys(doc, SPEC_KEYS, "study spec")
+    name = _study_name(doc, path)
     plugins = _load_plugins(doc.get("plugins"), path)
-    profiles = doc.get("profiles") or {}
+    profiles = _mapping(doc, "profiles", path, "profiles: {quick: {base: {epochs: 1}}}")
     profile = profile or "default"
     if profile != "default":
         if profile not in profiles:
             valid = ", ".join(["default", *profiles]) or "default"
-            raise ConfigError(f"Study {doc.get('name', path.stem)!r} has no profile {profile!r}. Profiles: {valid}.")
-        prof = profiles[profile] or {}
+            raise ConfigError(f"Study {name!r} has no profile {profile!r}. Profiles: {valid}.")
+        prof = _mapping(profiles, profile, path, f"profiles: {{{profile}: {{base: {{epochs: 1}}}}}}", "profile")
         _check_keys(prof, PROFILE_KEYS, f"profile {profile!r}")
     else:
         prof = {}
-    base = {**(doc.get("base") or {}), **(prof.get("base") or {})}
-    axes = {**(doc.get("axes") or {}), **(prof.get("axes") or {})}
-    zipped = prof.get("zip", doc.get("zip")) or {}
-    variants = prof.get("variants", doc.get("variants")) or {}
-    report = {**(doc.get("report") or {}), **(prof.get("report") or {})}
+    parts = [(doc, "spec"), (prof, f"profile {profile!r}")]
+    base, axes, report = ({k: v for part, _ in parts for k, v in _mapping(part, key, path, example).items()}
+                          for key, example in (("base", "base: {arch: cnn, lr: 0.05}"),
+                                               ("axes", "axes: {norm: [bn, gn], batch_size: [8, 32]}"),
+                                               ("report", "report: {kind: pivot, rows: norm, columns: batch_size}")))
+    zipped = _mapping(prof if "zip" in prof else doc, "zip", path, "zip: {norm_groups: [8, 16], width: [16, 32]}")
+    variants = _mapping(prof if "variants" in prof else doc, "variants", path, "variants: {gn+ws: {norm: gn, conv: ws}}")
     check_keys(base, "base config key")
     check_keys(axes, "axis key")
     check_keys(zipped, "zip key")
     check_keys(overrides or {}, "--set key")
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ConfigError("variants must map a name to config values, e.g. variants: {gn+ws: {norm: gn, conv: ws}}.")
-    for name, values in variants.items():
-        check_keys(values, f"variant {name!r} key")
+    for variant, values in variants.items():
+        check_keys(values, f"variant {variant!r} key")
         for key, value in values.items():
             if is_sweep(key, value) and not value:
-                raise ConfigError(f"Variant {name!r} sweeps {key} over an empty list; give at least one value.")
+                raise ConfigError(f"Variant {variant!r} sweeps {key} over an empty list; give at least one value.")
     tune = _tune(prof.get("tune", doc.get("tune")) or {}, variants, axes)
     axes = {k: _as_list(k, v) for k, v in axes.items()}
     zipped = {k: _as_list(k, v) for k, v in zipped.items()}
@@ -219,9 +219,9 @@ def load_spec(
         base[key] = value
     seeds = _seeds(prof if ("repeats" in prof or "seeds" in prof) else doc)
     if "seed" in overrides:
-        seeds = (int(overrides["seed"]),)
+        seeds = (OPTIONS["seed"].coerce(overrides["seed"]),)
     spec = StudySpec(
-        name=str(doc.get("name") or path.stem),
+        name=name,
         description=str(prof.get("description") or doc.get("description") or ""),
         base=base,
         axes=axes,
@@ -236,8 +236,95 @@ def load_spec(
         overrides=overrides,
         plugins=plugins,
     )
+    check_size(spec)
     check_options_read(spec)
     return spec
+
+
+def _read_doc(path: Path) -> dict[str, Any]:
+    """The spec file's top-level mapping: UTF-8 YAML, not empty."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ConfigError(
+            f"{path} is not UTF-8 text{' (it is UTF-16, as some Windows editors save)' if utf16 else ''}: byte "
+            f"{exc.start} cannot be read. Save the spec as UTF-8 and run again."
+        ) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if doc is None:
+        raise ConfigError(f"{path} is empty: a study spec needs at least a name and axes or variants, e.g. "
+                          "name: my-study, axes: {norm: [bn, gn]}.")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a mapping with keys {', '.join(SPEC_KEYS)}.")
+    return doc
+
+
+def _study_name(doc: Mapping[str, Any], path: Path) -> str:
+    """The spec's ``name`` (a non-empty string), else the file's stem."""
+    name = doc.get("name", path.stem)
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"In {path}: name must be one non-empty string (the study's name in the store); got {name!r}.")
+    return name
+
+
+def _mapping(doc: Mapping[str, Any], key: str, path: Path, example: str, what: str = "") -> dict[str, Any]:
+    """``doc[key]`` when it is a mapping (absent or empty: ``{}``); else a :class:`ConfigError`."""
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"In {path}: {what or key}{' ' + repr(key) if what else ''} must be a mapping of names to values, e.g. "
+            f"{example}; got {type(value).__name__} {value!r}."
+        )
+    return value
+
+
+MAX_TRIALS = 100_000
+"""Trials a study may have unless ``$BENCH_MAX_TRIALS`` allows more: a bigger grid is
+almost always a mistake (a list where one value was meant), and expanding it takes minutes."""
+
+
+def max_trials() -> int:
+    """``$BENCH_MAX_TRIALS``, else :data:`MAX_TRIALS`."""
+    raw = os.environ.get("BENCH_MAX_TRIALS", "").strip()
+    if not raw:
+        return MAX_TRIALS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"BENCH_MAX_TRIALS must be a positive whole number of trials; got {raw!r}.")
+    return value
+
+
+def trial_count(spec: StudySpec) -> int:
+    """How many trials the study expands to, counted without expanding (before duplicates
+    are removed): per variant, its swept values × the axes × the zipped values × the seeds."""
+    per_variant = [math.prod(len(v) for k, v in values.items() if is_sweep(k, v)) for values in (spec.variants or {"": {}}).values()]
+    zipped = len(next(iter(spec.zip.values()))) if spec.zip else 1
+    return sum(per_variant) * math.prod(len(v) for v in spec.axes.values()) * zipped * len(spec.seeds)
+
+
+def check_size(spec: StudySpec) -> int:
+    """The trial count; a study larger than :func:`max_trials` is refused before it is expanded."""
+    count, limit = trial_count(spec), max_trials()
+    if count > limit:
+        axes = " × ".join(f"{k} {len(v)}" for k, v in spec.axes.items()) or "no axes"
+        raise ConfigError(
+            f"Study {spec.key!r} has {count:,} trials ({axes}, {len(spec.seeds)} seed(s)"
+            f"{f', {len(spec.variants)} variants' if spec.variants else ''}), more than the limit of {limit:,}. Shorten "
+            "an axis, or set BENCH_MAX_TRIALS to a larger number if you mean to run that many."
+        )
+    return count
 
 
 def _load_plugins(refs: Any, path: Path) -> tuple[str, ...]:

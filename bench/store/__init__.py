@@ -37,9 +37,9 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def opened_store(uri: str | os.PathLike[str] | None = None) -> Iterator[ResultStore]:
+def opened_store(uri: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Iterator[ResultStore]:
     """:func:`open_store` for a ``with`` block: the store is closed when the block ends."""
-    store = open_store(uri)
+    store = open_store(uri, read_only=read_only)
     try:
         yield store
     finally:

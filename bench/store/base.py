@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -461,6 +462,70 @@ def claim_filter(driver: str, stale_before: str, skip_finished: bool) -> dict[st
     return free
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (field 22 of ``/proc/<pid>/stat``, clock ticks since
+    boot), which tells a process from a later one given the same pid; None where there is
+    no ``/proc`` or no such process."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from the state on (field 3); None when unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def driver_gone(driver: Any, driver_start: Any = None) -> bool:
+    """Whether the grid driver ``host:pid:token`` ran on this host and has ended: its pid
+    is no process, a zombie, or a process started at another time than ``driver_start``
+    (the pid was reused). A driver on another host, or one this host cannot check, counts
+    as alive (its heartbeat decides)."""
+    parts = driver.split(":") if isinstance(driver, str) else []
+    if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit() or os.name != "posix":
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    if Path("/proc/self/stat").exists():
+        fields = _proc_stat(pid)
+        if fields is None:
+            return not Path(f"/proc/{pid}").exists()
+        return fields[0] in ("Z", "X") or (isinstance(driver_start, str) and len(fields) > 19 and fields[19] != driver_start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+HISTORY_KEPT = 50  # attempts a run's ``history`` keeps, the latest
+
+
+def history_entry(outcome: str, error: str | None, started_at: str | None, finished_at: str) -> dict[str, Any]:
+    """One attempt of a run as its ``history`` keeps it: outcome, the error's last line,
+    host, start and end."""
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    return {
+        "outcome": outcome,
+        "error": lines[-1].strip() if lines else None,
+        "host": socket.gethostname(),
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+
+
+def with_history(run: Mapping[str, Any] | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's ``history`` with ``entry`` appended (the last :data:`HISTORY_KEPT`)."""
+    past = run.get("history") if run else None
+    return [*(past if isinstance(past, list) else []), entry][-HISTORY_KEPT:]
+
+
 def prepare_claim(run_id: str, fields: Mapping[str, Any], driver: str, attempt_id: str) -> dict[str, Any]:
     """The ``$set`` fields of a claim: the caller's fields, ``status: running``, the driver
     and a fresh attempt id (what makes a replayed claim count once)."""
@@ -582,6 +647,11 @@ def mask_uri(uri: str) -> str:
         return "<unreadable URI>"
 
 
+def mask_command(command: str) -> str:
+    """A command line with the password of every URI in it masked (:func:`mask_uri` per word)."""
+    return re.sub(r"\S*://\S*", lambda m: mask_uri(m.group(0)), redact_credentials(command))
+
+
 def uri_password(uri: str) -> str | None:
     """The password in a URI's user info, if any (used to scrub error messages)."""
     _scheme, sep, rest = uri.partition("://")
@@ -614,8 +684,13 @@ def _env(name: str) -> str | None:
     return value or None
 
 
-def open_store(uri: str | os.PathLike[str] | None = None) -> ResultStore:
+def open_store(uri: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> ResultStore:
     """Open the result store named by ``uri``.
+
+    ``read_only``: for commands that only read (listing, export, reports): an embedded
+    store is opened with SQLite's ``mode=ro`` (a store on a read-only file, directory or
+    mount can be read) and must exist already (:class:`StoreError` otherwise): nothing is
+    created for a reader.
 
     ``None`` means ``$BENCH_MONGO_URI``, else ``$BENCH_STORE``, else the embedded file
     ``.bench/results.sqlite`` under the current directory. ``mongodb://`` and
@@ -646,7 +721,7 @@ def open_store(uri: str | os.PathLike[str] | None = None) -> ResultStore:
             )
         from bench.store.embedded import EmbeddedStore
 
-        return EmbeddedStore(path)
+        return EmbeddedStore(path, read_only=read_only)
     scheme, sep, _rest = uri.partition("://")
     if sep and _SCHEME.fullmatch(scheme):
         raise StoreError(
@@ -656,4 +731,4 @@ def open_store(uri: str | os.PathLike[str] | None = None) -> ResultStore:
         )
     from bench.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(uri)
+    return EmbeddedStore(uri, read_only=read_only)

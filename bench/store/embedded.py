@@ -13,16 +13,24 @@ queried with the MongoDB filter subset compiled by :mod:`bench.store.query`, so 
 embedded and MongoDB stores answer the same filters with the same documents. Several
 processes may share the file: every write is one ``BEGIN IMMEDIATE`` transaction
 (read-modify-write under the write lock), readers never block writers, and a busy
-database is waited on for up to 30 s.
+database is waited on for up to ``busy_timeout`` seconds (30 s; ``$BENCH_STORE_BUSY_TIMEOUT``).
+
+A store that stays busy never stops a grid: a write is tried twice, then kept in a local
+:class:`~bench.store.journal.Journal` (beside the file, or under ``$BENCH_JOURNAL_DIR``)
+and training goes on; for ``retry_interval`` seconds further writes go straight to the
+journal, then the next write, a read or ``bench store sync`` replays it in order, as the
+MongoDB store does when its server is unreachable.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,10 +53,14 @@ from bench.store.base import (
     prepare_study,
     unique_ids,
 )
+from bench.store.journal import Journal, embedded_journal_path
 from bench.store.query import compile_filter, compile_sort, json_path
 from bench.store.steps import prepare_steps
 
-_BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's write lock
+WRITE_TRIES = 2  # attempts of a write before it is journaled
 _IN_CHUNK = 500  # run ids per IN (...) list; far below SQLite's parameter limit
 _CACHE_KIB = 32_768  # page cache per connection
 _MIN_SQLITE = (3, 38, 0)  # JSON functions built in; multiple recursive CTE terms
@@ -109,12 +121,35 @@ def _decoding() -> Iterator[None]:
             gc.enable()
 
 
+class StoreBusy(StoreError):
+    """Another process held the file's write lock for longer than the busy timeout."""
+
+
+def _busy_timeout() -> float:
+    """``$BENCH_STORE_BUSY_TIMEOUT`` (seconds), else :data:`BUSY_TIMEOUT`."""
+    raw = os.environ.get("BENCH_STORE_BUSY_TIMEOUT", "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else BUSY_TIMEOUT
+    except ValueError:
+        raise StoreError(
+            f"BENCH_STORE_BUSY_TIMEOUT must be a number of seconds, got {raw!r}."
+        ) from None
+
+
 class EmbeddedStore:
     """Result store in a single SQLite file (see the module docstring for why)."""
 
     kind = "embedded"
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        retry_interval: float = 30.0,
+        read_only: bool = False,
+    ):
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise StoreError(
                 f"The embedded result store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} "
@@ -124,18 +159,27 @@ class EmbeddedStore:
         raw = Path(path).expanduser()
         self.path = raw.absolute()
         self.location = str(self.path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot create the directory for the result store {self.location}: {exc}. "
-                "Choose a writable location with BENCH_STORE or --store."
-            ) from exc
+        self.read_only = read_only
+        if read_only:
+            self._check_exists()
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"Cannot create the directory for the result store {self.location}: {exc}. "
+                    "Choose a writable location with BENCH_STORE or --store."
+                ) from exc
         if self.path.is_dir():
             raise StoreError(
                 f"The result store path {self.location} is a directory; give a file path "
                 "such as .bench/results.sqlite."
             )
+        self.busy_timeout = _busy_timeout() if busy_timeout is None else float(busy_timeout)
+        self.journal = Journal(journal or embedded_journal_path(self.path))
+        self.retry_interval = retry_interval
+        self._offline_until = 0.0  # monotonic time before which writes go to the journal
+        self._journal_pending = not read_only and self.journal.has_entries()
         self._lock = threading.RLock()
         self._inherited: list[sqlite3.Connection] = []
         self._conn: sqlite3.Connection | None = None
@@ -144,11 +188,57 @@ class EmbeddedStore:
 
     # ------------------------------------------------------------------ connection
 
+    def _check_exists(self) -> None:
+        """A read-only store must already be a store: nothing is created for a reader."""
+        if not self.path.exists():
+            raise StoreError(
+                f"No store at {self.location}; run a grid first or pass --store (or set BENCH_STORE) "
+                "to name an existing store."
+            )
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise StoreError(
+                f"The file {self.location} is empty: it is not a bench result store. Run a grid first, "
+                "or pass --store (or set BENCH_STORE) to name an existing store."
+            )
+        if not self.path.is_file() and not self.path.is_dir():
+            raise StoreError(
+                f"{self.location} is not a regular file, so it is not a bench result store. Pass --store "
+                "(or set BENCH_STORE) to name an existing store file."
+            )
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes (SQLite ``mode=ro``), so a store on a read-only file,
+        directory or mount can be read; ``immutable=1`` where SQLite cannot create the WAL's
+        shared-memory file beside it (nothing can write there either)."""
+        base = f"{self.path.as_uri()}?mode=ro"
+        for uri in (base, base + "&immutable=1"):
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "unable to open" in str(exc) and "immutable" not in uri:
+                    continue
+                raise StoreError(f"Cannot read the result store {self.location}: {exc}.") from None
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise self._error("open", exc) from None
+            if version == 0 or version > SCHEMA_VERSION:
+                conn.close()
+                what = "holds no bench tables" if version == 0 else f"has schema version {version}, newer than this bench"
+                raise StoreError(f"The file {self.location} {what}: it is not a result store this bench can read. "
+                                 "Pass --store (or set BENCH_STORE) to name an existing store.")
+            return conn
+        raise StoreError(f"Cannot read the result store {self.location}.")  # pragma: no cover
+
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._connect_read_only()
         try:
             conn = sqlite3.connect(
                 self.path,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
+                timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
             )
@@ -158,7 +248,7 @@ class EmbeddedStore:
                 "path is writable, or choose another with BENCH_STORE or --store."
             ) from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(
@@ -178,8 +268,7 @@ class EmbeddedStore:
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(
-                f"The file {self.location} is not a usable bench result store: {exc}. "
-                "Point BENCH_STORE or --store at a new or existing results file."
+                f"The file {self.location} is not a usable bench result store: {exc}. {self._hint(exc)}"
             ) from exc
         except BaseException:
             conn.close()
@@ -243,64 +332,156 @@ class EmbeddedStore:
     def _query(self, action: str, sql: str, params: Any = ()) -> list[tuple]:
         with self._lock:
             conn = self._connection()
+            self._catch_up()
             try:
                 return conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._error(action, exc) from exc
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
-        hint = (
-            "Another process held the write lock for more than 30 s; retry when it is done."
-            if "locked" in str(exc) or "busy" in str(exc)
-            else "Check that the file is writable and the disk is not full."
-        )
-        return StoreError(f"The result store {self.location} failed to {action}: {exc}. {hint}")
+        if "locked" in str(exc) or "busy" in str(exc):
+            return StoreBusy(
+                f"The result store {self.location} failed to {action}: {exc}. Another process held "
+                f"the write lock for more than {self.busy_timeout:g} s; retry when it is done."
+            )
+        return StoreError(f"The result store {self.location} failed to {action}: {exc}. {self._hint(exc)}")
+
+    def _hint(self, exc: sqlite3.Error) -> str:
+        """What to do about an SQLite error, from its code: a full disk, a corrupt file, a read-only one."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            return "The disk is full: free space on it (or choose another location with BENCH_STORE or --store) and run the command again."
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc):
+            return (f"The file is not a valid bench result store (damaged, or another kind of file). Move it aside "
+                    f"(mv {self.location} {self.location}.bad), then run again to start a new store, or restore it "
+                    "from an export (bench store import).")
+        if code == sqlite3.SQLITE_READONLY:
+            return "The file or its directory is read-only: choose a writable location with BENCH_STORE or --store."
+        return "Check that the file and its directory are writable."
+
+    # ------------------------------------------------------------------ writes and journal
+
+    def _run(self, op: str, args: dict[str, Any], action: str, kept_as: str | None = None) -> Any:
+        """Applies one write (tried :data:`WRITE_TRIES` times while the file is busy), or
+        keeps it in the journal (as ``kept_as``, default ``op``) when it stays busy; returns
+        the write's result, or None when journaled."""
+        with self._lock:
+            self._connection()  # refuses a closed store before anything is journaled
+            if time.monotonic() < self._offline_until:
+                return self._keep(kept_as or op, args)
+            for attempt in range(WRITE_TRIES):
+                try:
+                    if self._journal_pending:
+                        self._replay()
+                    return self._apply(op, args, action)
+                except StoreBusy as exc:
+                    busy = exc
+            self._go_offline(busy)
+            return self._keep(kept_as or op, args)
+
+    def _apply(self, op: str, args: dict[str, Any], action: str = "replay a journaled write") -> Any:
+        with self._write(action) as conn:
+            return _APPLY[op](self, conn, args)
+
+    def _keep(self, op: str, args: dict[str, Any]) -> None:
+        self.journal.append(op, args)
+        self._journal_pending = True
+        return None
+
+    def _go_offline(self, exc: StoreError) -> None:
+        if self._offline_until == 0.0:
+            log.warning(
+                "%s Training goes on: writes are kept in %s and replayed by the next write once the "
+                "file is free, or by `bench store sync`.", exc, self.journal.path,
+            )
+        self._offline_until = time.monotonic() + self.retry_interval
+
+    def _replay(self) -> int:
+        """Applies the journal in order (raises :class:`StoreBusy` if the file is still busy)."""
+        applied = self.journal.replay(self._apply_journaled)
+        self._journal_pending = False
+        self._offline_until = 0.0
+        return applied
+
+    def _apply_journaled(self, op: str, args: dict[str, Any]) -> None:
+        """One journaled write; one the store refuses (not a busy file) is set aside."""
+        if op not in _APPLY:
+            self.journal.reject(op, args, "unknown write")
+            return
+        try:
+            self._apply(op, args)
+        except StoreBusy:
+            raise
+        except StoreError as exc:
+            self.journal.reject(op, args, str(exc))
+
+    def _catch_up(self) -> None:
+        """Before a read: this process's journaled writes, when the file is free again."""
+        if self._journal_pending and time.monotonic() >= self._offline_until:
+            try:
+                self._replay()
+            except StoreBusy as exc:
+                self._go_offline(exc)
 
     # ------------------------------------------------------------------ runs
 
     def upsert_run(self, run_id: str, fields: dict, *, study: str | None = None) -> None:
         set_fields, add_study = prepare_run_update(run_id, fields, study)
-        with self._write(f"save run {run_id!r}") as conn:
-            row = conn.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
-            doc = apply_run_update(
-                json.loads(row[0]) if row else None, run_id, set_fields, add_study
-            )
-            conn.execute(
-                "INSERT INTO runs (id, doc) VALUES (?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (run_id, dumps(doc)),
-            )
+        self._run("upsert_run", {"run_id": run_id, "set": set_fields, "add_study": add_study}, f"save run {run_id!r}")
+
+    def _apply_upsert_run(self, conn: sqlite3.Connection, args: dict[str, Any]) -> None:
+        run_id = args["run_id"]
+        row = conn.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
+        doc = apply_run_update(json.loads(row[0]) if row else None, run_id, args["set"], args.get("add_study"))
+        _put_run(conn, run_id, doc)
 
     def claim_run(
         self, run_id: str, fields: dict, *, driver: str, stale_before: str, skip_finished: bool = True
     ) -> bool:
         set_fields = prepare_claim(run_id, fields, driver, uuid.uuid4().hex)
-        where, params = compile_filter(claim_filter(driver, stale_before, skip_finished))
-        with self._write(f"start run {run_id!r}") as conn:
-            row = conn.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is not None:
-                free = conn.execute(f"SELECT 1 FROM runs WHERE id = ? AND {where}", [run_id, *params]).fetchone()
-                if free is None:
-                    return False
-            doc = apply_run_update(json.loads(row[0]) if row else None, run_id, set_fields, None)
-            attempts = doc.get("attempts")
-            doc["attempts"] = (attempts if isinstance(attempts, int) else 0) + 1
-            conn.execute(
-                "INSERT INTO runs (id, doc) VALUES (?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (run_id, dumps(doc)),
-            )
+        condition = claim_filter(driver, stale_before, skip_finished)
+        compile_filter(condition)  # refuses a bad filter before anything is written or journaled
+        args = {"run_id": run_id, "set": set_fields, "condition": condition}
+        # Journaled, the condition cannot be checked: the grid planned this trial, so it runs.
+        claimed = self._run("claim", args, f"start run {run_id!r}", kept_as="start_attempt")
+        return True if claimed is None else bool(claimed)
+
+    def _apply_claim(self, conn: sqlite3.Connection, args: dict[str, Any]) -> bool:
+        run_id = args["run_id"]
+        where, params = compile_filter(args["condition"])
+        row = conn.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is not None:
+            free = conn.execute(f"SELECT 1 FROM runs WHERE id = ? AND {where}", [run_id, *params]).fetchone()
+            if free is None:
+                return False
+        self._apply_start_attempt(conn, {"run_id": run_id, "set": args["set"]})
         return True
+
+    def _apply_start_attempt(self, conn: sqlite3.Connection, args: dict[str, Any]) -> None:
+        """Starts an attempt; a replay counts it once (by its attempt id)."""
+        run_id, set_fields = args["run_id"], args["set"]
+        row = conn.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
+        old = json.loads(row[0]) if row else None
+        if old is not None and old.get("attempt_id") == set_fields.get("attempt_id"):
+            return
+        doc = apply_run_update(old, run_id, set_fields, None)
+        attempts = doc.get("attempts")
+        doc["attempts"] = (attempts if isinstance(attempts, int) else 0) + 1
+        _put_run(conn, run_id, doc)
 
     def update_runs(self, filter: dict, fields: dict) -> int:
         set_fields = prepare_runs_update(fields)
-        where, params = compile_filter(filter)
-        with self._write("update runs") as conn:
-            rows = conn.execute(f"SELECT id, doc FROM runs WHERE {where}", params).fetchall()
-            conn.executemany(
-                "UPDATE runs SET doc = ? WHERE id = ?",
-                [(dumps(apply_run_update(json.loads(doc), run_id, set_fields, None)), run_id) for run_id, doc in rows],
-            )
+        compile_filter(filter)  # refuses a bad filter before anything is written or journaled
+        matched = self._run("update_runs", {"filter": filter, "set": set_fields}, "update runs")
+        return 0 if matched is None else matched
+
+    def _apply_update_runs(self, conn: sqlite3.Connection, args: dict[str, Any]) -> int:
+        where, params = compile_filter(args["filter"])
+        rows = conn.execute(f"SELECT id, doc FROM runs WHERE {where}", params).fetchall()
+        conn.executemany(
+            "UPDATE runs SET doc = ? WHERE id = ?",
+            [(dumps(apply_run_update(json.loads(doc), run_id, args["set"], None)), run_id) for run_id, doc in rows],
+        )
         return len(rows)
 
     def status_counts(self) -> dict[str, dict[str, int]]:
@@ -351,12 +532,14 @@ class EmbeddedStore:
         if not rows:
             return
         rows.sort(key=lambda row: (row[0], row[1]))  # key order: 4x faster B-tree inserts
-        with self._write(f"save {len(rows)} metric documents") as conn:
-            conn.executemany(
-                "INSERT INTO metrics (run_id, epoch, doc) VALUES (?, ?, ?) "
-                "ON CONFLICT (run_id, epoch) DO UPDATE SET doc = excluded.doc",
-                ((run_id, epoch, dumps(doc)) for run_id, epoch, doc in rows),
-            )
+        self._run("upsert_metrics", {"rows": rows}, f"save {len(rows)} metric documents")
+
+    def _apply_upsert_metrics(self, conn: sqlite3.Connection, args: dict[str, Any]) -> None:
+        conn.executemany(
+            "INSERT INTO metrics (run_id, epoch, doc) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_id, epoch) DO UPDATE SET doc = excluded.doc",
+            ((run_id, epoch, dumps(doc)) for run_id, epoch, doc in args["rows"]),
+        )
 
     def get_metrics(self, run_id: str) -> list[dict]:
         rows = self._query(
@@ -392,12 +575,14 @@ class EmbeddedStore:
         )
         if not rows:
             return
-        with self._write(f"save {len(rows)} steps of run {run_id!r}") as conn:
-            conn.executemany(
-                "INSERT INTO steps (run_id, step, doc) VALUES (?, ?, ?) "
-                "ON CONFLICT (run_id, step) DO UPDATE SET doc = excluded.doc",
-                rows,
-            )
+        self._run("upsert_steps", {"rows": rows}, f"save {len(rows)} steps of run {run_id!r}")
+
+    def _apply_upsert_steps(self, conn: sqlite3.Connection, args: dict[str, Any]) -> None:
+        conn.executemany(
+            "INSERT INTO steps (run_id, step, doc) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_id, step) DO UPDATE SET doc = excluded.doc",
+            [tuple(row) for row in args["rows"]],
+        )
 
     def find_steps(self, run_ids: list[str]) -> list[dict]:
         rows = self._rows_for_runs("read steps", "run_id, step, doc", "steps", "step", run_ids)
@@ -408,15 +593,17 @@ class EmbeddedStore:
 
     def save_study(self, name: str, doc: dict) -> None:
         fields = prepare_study(name, doc)
-        with self._write(f"save study {name!r}") as conn:
-            row = conn.execute("SELECT doc FROM studies WHERE id = ?", (name,)).fetchone()
-            merged = json.loads(row[0]) if row else {"_id": name}
-            merged.update(fields)
-            conn.execute(
-                "INSERT INTO studies (id, doc) VALUES (?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (name, dumps(merged)),
-            )
+        self._run("save_study", {"name": name, "fields": fields}, f"save study {name!r}")
+
+    def _apply_save_study(self, conn: sqlite3.Connection, args: dict[str, Any]) -> None:
+        name = args["name"]
+        row = conn.execute("SELECT doc FROM studies WHERE id = ?", (name,)).fetchone()
+        merged = json.loads(row[0]) if row else {"_id": name}
+        merged.update(args["fields"])
+        conn.execute(
+            "INSERT INTO studies (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            (name, dumps(merged)),
+        )
 
     def get_study(self, name: str) -> dict | None:
         rows = self._query("read a study", "SELECT doc FROM studies WHERE id = ?", (name,))
@@ -429,9 +616,16 @@ class EmbeddedStore:
     # ------------------------------------------------------------------ housekeeping
 
     def sync(self) -> int:
-        """Nothing to replay: the embedded store writes straight to its file."""
-        self._connection()
-        return 0
+        """Replays the writes journaled while the file was busy; returns how many."""
+        with self._lock:
+            self._connection()
+            try:
+                return self._replay()
+            except StoreBusy as exc:
+                raise StoreError(
+                    f"{exc} {self.journal.pending()} writes stay in the journal {self.journal.path}; "
+                    "run `bench store sync` again once the other process is done."
+                ) from None
 
     def info(self) -> dict:
         counts = {
@@ -455,6 +649,8 @@ class EmbeddedStore:
             **counts,
             "size_bytes": size,
             "status_counts": {status: n for status, n in statuses},
+            "journal": str(self.journal.path),
+            "journal_pending": self.journal.pending(),
         }
 
     def close(self) -> None:
@@ -471,3 +667,22 @@ class EmbeddedStore:
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({self.location!r})"
+
+
+def _put_run(conn: sqlite3.Connection, run_id: str, doc: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO runs (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+        (run_id, dumps(doc)),
+    )
+
+
+#: How each write is applied, online and on replay (``claim`` is journaled as ``start_attempt``).
+_APPLY: dict[str, Any] = {
+    "upsert_run": EmbeddedStore._apply_upsert_run,
+    "claim": EmbeddedStore._apply_claim,
+    "start_attempt": EmbeddedStore._apply_start_attempt,
+    "update_runs": EmbeddedStore._apply_update_runs,
+    "upsert_metrics": EmbeddedStore._apply_upsert_metrics,
+    "upsert_steps": EmbeddedStore._apply_upsert_steps,
+    "save_study": EmbeddedStore._apply_save_study,
+}

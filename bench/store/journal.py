@@ -1,6 +1,7 @@
-"""A local file of writes the MongoDB server could not take, replayed when it is back.
+"""A local file of writes the store could not take, replayed when it is back.
 
-When the server becomes unreachable in the middle of a grid, training goes on and each
+When the MongoDB server becomes unreachable in the middle of a grid (or the embedded
+store's file stays locked by another process), training goes on and each
 write is appended to a JSON Lines journal (one ``{"op": ..., "args": ...}`` per line,
 flushed and synced to disk), under ``.bench/journal/`` or ``$BENCH_JOURNAL_DIR``, one file
 per server and database. The next successful write replays the journal first, in order,
@@ -50,6 +51,16 @@ def journal_path(server: str, database: str) -> Path:
     return journal_dir() / f"{slug[:60]}-{digest}.jsonl"
 
 
+def embedded_journal_path(store_path: str | os.PathLike[str]) -> Path:
+    """The journal of an embedded store file: under ``$BENCH_JOURNAL_DIR`` when it is set,
+    else beside the file (``results.sqlite.journal.jsonl``), where every process using the
+    file finds it whatever its working directory."""
+    path = Path(store_path).expanduser().absolute()
+    if os.environ.get("BENCH_JOURNAL_DIR", "").strip():
+        return journal_path(f"sqlite://{path}", "")
+    return path.with_name(path.name + ".journal.jsonl")
+
+
 class Journal:
     """Append-only JSON Lines file of pending writes (see the module docstring)."""
 
@@ -84,7 +95,7 @@ class Journal:
                     os.fsync(handle.fileno())
             except OSError as exc:
                 raise StoreError(
-                    f"The database is unreachable and its write could not be kept in the journal "
+                    f"The store cannot take a write and it could not be kept in the journal "
                     f"{self.path}: {exc}. Free disk space or set BENCH_JOURNAL_DIR to a writable "
                     "directory."
                 ) from exc

@@ -8,6 +8,7 @@ was abandoned by its driver (killed, machine lost); it is counted as stale, and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,10 +34,29 @@ class StudyStatus:
         return sum(self.counts.values())
 
 
+def check_study(store: ResultStore, study: str) -> str:
+    """``study`` when the store knows it (a study document, or a run that lists it); else a
+    :class:`StoreError` naming the studies it does know."""
+    if store.get_study(study) is not None or store.count_runs({"study": study}):
+        return study
+    known = sorted({doc.get("_id") for doc in store.list_studies()} | set(store.status_counts()) - {"", None})
+    raise StoreError(
+        f"Unknown study {study!r}: the {store.kind} store {store.location} has no study or run of that name. "
+        f"Studies there: {', '.join(known) or 'none'} (`bench store status` shows them)."
+    )
+
+
+def check_status(status: str) -> str:
+    """``status`` when it is a run status; else a :class:`StoreError` listing them."""
+    if status not in RUN_STATUSES:
+        raise StoreError(f"Unknown run status {status!r}. Valid statuses: {', '.join(RUN_STATUSES)}.")
+    return status
+
+
 def study_status(store: ResultStore, study: str | None = None, stale_after: float = STALE_AFTER) -> list[StudyStatus]:
     """Runs per study and status (one study, or all of them in name order)."""
-    if stale_after < 0:
-        raise StoreError(f"--stale-after must be ≥ 0 seconds, got {stale_after}.")
+    if not math.isfinite(stale_after) or stale_after < 0:
+        raise StoreError(f"--stale-after must be a finite number of seconds ≥ 0, got {stale_after}.")
     counts = store.status_counts()
     if study is not None:
         if study not in counts:
@@ -72,6 +92,7 @@ def requeue(store: ResultStore, study: str, status: str) -> int:
         else:
             reason = f"{status!r} is not a run status (one of {', '.join(RUN_STATUSES)})."
         raise StoreError(f"Cannot re-queue: {reason} {valid}")
+    check_study(store, study)
     return store.update_runs(
         {"study": study, "status": status}, {"status": "pending", "error": None, "finished_at": None}
     )

@@ -29,8 +29,32 @@ from bench.zoo.schedules import schedule_factor
 
 def pick_device(device: str | None = None) -> torch.device:
     if device:
-        return torch.device(device)
+        return check_device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(device: str, *, available: bool = True) -> torch.device:
+    """The torch device named ``device``, refused with one paragraph when torch does not
+    know it or, with ``available``, when this machine has none of it (``cuda`` without a
+    GPU): checked before anything runs, not as a failed trial."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"Unknown torch device {device!r}. Use cpu, cuda (or cuda:N for one GPU) or mps, or leave --device "
+            "unset to use a GPU when there is one."
+        ) from None
+    present = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if available and chosen.type in present and not present[chosen.type]():
+        raise ConfigError(
+            f"--device {device} asks for a {chosen.type} device, but torch sees none on this machine. "
+            "Use --device cpu, or leave --device unset to use a GPU when there is one."
+        )
+    if available and chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0."
+        )
+    return chosen
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +171,12 @@ def preflight(config: TrialConfig) -> None:
         raise ConfigError(
             f"batch_size={config.batch_size} is larger than the training set ({train_size} images of "
             f"{config.dataset}{' after train_subset' if config.train_subset else ''}); no full batch fits."
+        )
+    if config.arch == "mlp" and config.norm == "bn" and config.batch_size == 1:
+        raise ConfigError(
+            "arch=mlp with norm=bn needs batch_size ≥ 2: the MLP's BatchNorm sees one value per feature in a "
+            "batch of 1, so it has no batch statistics to normalize with (training fails at the first step). "
+            "Use batch_size ≥ 2, or a norm without batch statistics (gn, ln) for batch size 1."
         )
     steps = steps_per_epoch(config, train_size)
     build_augment(config, source.image_size, source.num_classes)

@@ -8,11 +8,14 @@ device, no loader workers.
 
 Outcomes: ``completed``; ``diverged`` when the training loss is NaN/inf or exceeds
 ``diverge_factor`` × the first step's loss (the step is recorded); ``failed`` for any
-exception, with its traceback. A trial never raises.
+exception, with its traceback. A trial never raises. The callbacks that receive its
+metrics are isolated: an exception in one (a store that cannot take a write) is logged
+and training goes on, so a problem outside training never becomes a trial's outcome.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import sys
@@ -49,6 +52,21 @@ from bench.zoo.optimizers.agc import clip_gradients
 
 Report = Callable[[dict[str, Any]], None]
 EVAL_BATCH = 1024
+log = logging.getLogger(__name__)
+
+
+def isolated(callback: Callable[[Any], None] | None, what: str) -> Callable[[Any], None]:
+    """``callback``, with any exception it raises logged instead of raised (None: a no-op)."""
+    if callback is None:
+        return lambda _: None
+
+    def call(value: Any) -> None:
+        try:
+            callback(value)
+        except Exception as exc:  # noqa: BLE001 - the trial's outcome is training's alone
+            log.warning("The %s callback raised %s: %s; training goes on.", what, type(exc).__name__, exc)
+
+    return call
 
 
 @dataclass
@@ -104,7 +122,7 @@ def run_trial(
     try:
         chosen = pick_device(device)
         result.env = environment(str(chosen), config)
-        _train(config, result, report or (lambda _: None), report_steps or (lambda _: None), data, data_dir, chosen)
+        _train(config, result, isolated(report, "epoch"), isolated(report_steps, "steps"), data, data_dir, chosen)
     except Exception:  # noqa: BLE001 - any failure is a trial outcome, the grid goes on
         result.status = "failed"
         result.error = traceback.format_exc()

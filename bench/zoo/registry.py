@@ -73,7 +73,7 @@ class Option:
     def range_text(self) -> str:
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
-        parts = [f"{sym} {bound:g}" for sym, bound in (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt))
+        parts = [f"{sym} {bound if isinstance(bound, int) else format(bound, 'g')}" for sym, bound in (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt))
                  if bound is not None]
         return " and ".join(parts)
 

@@ -52,7 +52,7 @@ def test_credentials_are_never_printed(tmp_path: Path, monkeypatch: pytest.Monke
     client = mongomock.MongoClient()
     journal = tmp_path / "journal.jsonl"
 
-    def open_store(uri: Any = None) -> MongoStore:
+    def open_store(uri: Any = None, **_options: Any) -> MongoStore:
         return MongoStore(URI, client=client, journal=journal)
 
     monkeypatch.setattr(bench.store, "open_store", open_store)

@@ -173,7 +173,7 @@ def test_bench_store_sync_replays_the_journal(faulty: Any, monkeypatch: pytest.M
     _write_a_trial(store, "r", range(1, 2))
     store.close()
     client.down = False
-    monkeypatch.setattr(bench.store, "open_store", lambda uri=None: faulty()[0])
+    monkeypatch.setattr(bench.store, "open_store", lambda uri=None, **_: faulty()[0])
     result = CliRunner().invoke(app, ["store", "sync"])
     assert result.exit_code == 0, result.output
     assert "6 journaled writes replayed" in result.output
@@ -182,7 +182,7 @@ def test_bench_store_sync_replays_the_journal(faulty: Any, monkeypatch: pytest.M
     writer = faulty()[0]
     client.down = True
     writer.upsert_run("x", {})
-    monkeypatch.setattr(bench.store, "open_store", lambda uri=None: writer)
+    monkeypatch.setattr(bench.store, "open_store", lambda uri=None, **_: writer)
     result = CliRunner().invoke(app, ["store", "sync"])
     assert result.exit_code == 1 and "still unreachable" in result.output and "Traceback" not in result.output
     entries = [json.loads(line) for line in writer.journal.path.read_text().splitlines()]

@@ -134,7 +134,7 @@ def test_cli_export_import_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 1 and "cannot be imported" in " ".join(result.output.split())
     server = MongoStore(client=mongomock.MongoClient(), database="copy", uri="mongodb://alice:s3cret@db:27017/copy")
     real_open = bench.store.open_store
-    monkeypatch.setattr(bench.store, "open_store", lambda uri=None: server if str(uri).startswith("mongodb") else real_open(uri))
+    monkeypatch.setattr(bench.store, "open_store", lambda uri=None, **kw: server if str(uri).startswith("mongodb") else real_open(uri, **kw))
     result = runner.invoke(app, [*base, "copy", "--to", "mongodb://alice:s3cret@db:27017/copy"])
     assert result.exit_code == 0, result.output
     assert "into mongodb mongodb://alice:***@db:27017/copy: 2 studies, 4 runs" in result.output
