@@ -83,13 +83,14 @@ def test_sync_replays_and_says_when_the_file_is_still_locked(tmp_path: Path) -> 
         assert store.sync() == 1 and store.get_run("r")["status"] == "pending"
 
 
-def test_a_grid_on_a_locked_store_trains_every_trial_and_loses_nothing(spec_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_a_grid_on_a_locked_store_trains_every_trial_and_loses_nothing(spec_path: Path, tmp_path: Path, executor: str) -> None:
     path = tmp_path / "s.sqlite"
     spec = load_spec(str(spec_path))
     with EmbeddedStore(path, busy_timeout=0.1) as store:
         lock = WriteLock(path)  # held longer than the busy timeout: the whole grid
         try:
-            outcome = run_study(spec, store, GridOptions(executor="local"))
+            outcome = run_study(spec, store, GridOptions(executor=executor, max_concurrent=1, device="cpu"))
         finally:
             lock.release()
         assert (outcome.counts["completed"], outcome.counts["failed"], outcome.write_errors) == (2, 0, [])
