@@ -197,3 +197,52 @@ def test_a_grid_whose_trials_fail_exits_non_zero_and_says_what_next(spec_path: P
     assert "bench results ls --study faults --status failed" in " ".join(result.output.split())
     with EmbeddedStore(store) as handle:
         assert handle.count_runs({"status": "failed"}) == 2
+
+
+# -- a full disk ----------------------------------------------------------------------
+
+
+def fill_disk_at(monkeypatch, nth: int) -> None:
+    """The store's ``nth`` write (and every later one) fails as on a full disk."""
+    calls = {"n": 0}
+    apply = EmbeddedStore._apply
+
+    def full(self: EmbeddedStore, op: str, args: dict, action: str = "replay a journaled write") -> Any:
+        calls["n"] += 1
+        if calls["n"] < nth:
+            return apply(self, op, args, action)
+        with self._write(action):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(EmbeddedStore, "_apply", full)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 4, 5])
+def test_a_full_disk_during_registration_leaves_no_run_without_a_status(spec_path: Path, tmp_path: Path, monkeypatch, nth: int) -> None:
+    path = tmp_path / "s.sqlite"
+    EmbeddedStore(path).close()
+    with monkeypatch.context() as patch:
+        fill_disk_at(patch, nth)  # registering two new trials takes five writes
+        result = runner.invoke(app, ["--store", str(path), "grid", str(spec_path), "--executor", "local", "--no-report"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"error: The disk holding the result store {path} is full" in output
+    assert "finished trials are kept" in output and "failed to" not in output
+    assert result.output.count("error:") == 1
+    with EmbeddedStore(path) as store:
+        assert all(run.get("status") == "pending" for run in store.find_runs())
+
+
+def test_a_full_disk_names_the_disk_not_the_write_that_failed(spec_path: Path, tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "s.sqlite"
+    EmbeddedStore(path).close()
+    with monkeypatch.context() as patch:
+        fill_disk_at(patch, 5)  # the update that queues the trials
+        result = runner.invoke(app, ["--store", str(path), "grid", str(spec_path), "--executor", "local", "--no-report"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "update runs" not in output.split("full")[0]  # the cause comes first
+    assert "Free space on it, or choose another location with BENCH_STORE or --store, and run the same command again" in output
+    assert runner.invoke(app, ["--store", str(path), "grid", str(spec_path), "--executor", "local", "--no-report"]).exit_code == 0
+    with EmbeddedStore(path) as store:
+        assert {run["status"] for run in store.find_runs()} == {"completed"}

@@ -257,7 +257,7 @@ def test_disk_full_hint(store_path):
     store = EmbeddedStore(store_path)
     exc = sqlite3.OperationalError("database or disk is full")
     exc.sqlite_errorcode = sqlite3.SQLITE_FULL
-    assert "The disk is full" in str(store._error("save run 'x'", exc))
+    assert "The disk holding the result store" in str(store._error("save run 'x'", exc))
     store.close()
 
 
@@ -293,3 +293,22 @@ def test_progress_without_terminal_prints_lines(capsys, monkeypatch):
     assert "trial 1/3 finished" in out and "trial 2/3 finished" in out
     assert "grid: 0/3 done" in out
     assert math.isfinite(0.0)
+
+
+def test_dry_run_of_a_large_grid_builds_each_distinct_model_once(tmp_path, monkeypatch):
+    import bench.trial
+    from bench.grid.planning import validate
+    from bench.spec import load_spec
+
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\nbase: {dataset: synthetic, arch: cnn, width: 8, epochs: 1}\n"
+                    "axes: {norm: [bn, gn], batch_size: [16, 32], lr: [0.1, 0.2]}\nrepeats: 50\n")
+    trials = load_spec(path).expand()
+    built = []
+    monkeypatch.setattr(bench.trial, "preflight", built.append)
+    validate(trials)
+    assert len(trials) == 400 and len(built) == 4  # seeds and lr change no built object
+    started = time.monotonic()
+    result = runner.invoke(app, ["grid", str(path), "--dry-run", "--executor", "local"])
+    assert result.exit_code == 0 and "400 trials" in result.output, result.output
+    assert time.monotonic() - started < 60

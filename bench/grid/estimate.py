@@ -74,14 +74,16 @@ def shape_key(config: TrialConfig) -> str:
     return json.dumps({k: v for k, v in config.to_dict().items() if k not in TIMING_FREE}, sort_keys=True)
 
 
-def step_costs(trials: list[TrialConfig], device: torch.device, threads: int) -> dict[str, float]:
-    """Seconds per step of each distinct :func:`shape_key`, timed with ``threads`` torch threads."""
+def step_costs(
+    trials: list[TrialConfig], device: torch.device, threads: int, keys: list[str] | None = None
+) -> dict[str, float]:
+    """Seconds per step of each distinct :func:`shape_key` (``keys``: the trials' keys, when
+    known), timed with ``threads`` torch threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     costs: dict[str, float] = {}
     try:
-        for config in trials:
-            key = shape_key(config)
+        for config, key in zip(trials, keys or [shape_key(c) for c in trials]):
             if key not in costs:
                 costs[key] = time_step(config, device)
     finally:
@@ -95,17 +97,18 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     validate(trials)
     device = pick_device(options.device)
     threads = max(1, int(options.cpus_per_trial))
-    costs = step_costs(trials, device, threads)
+    keys = [shape_key(config) for config in trials]
+    costs = step_costs(trials, device, threads, keys)
     swept = [k for v in spec.variants.values() for k, val in v.items() if is_sweep(k, val)]
     varying = list(dict.fromkeys([*spec.axes, *spec.zip, *swept]))
-    variant_of = spec.variant_of()
+    variant_of = spec.variant_of() if spec.variants else {}
     extra = ["variant"] if spec.variants else []
     table = Table("#", "trial id", *extra, *varying, "seed", "eff. lr", "steps", "est. s", box=None)
     total_steps, total_seconds = 0, 0.0
     listed = len(trials) if len(trials) <= ROWS_LISTED else ROWS_SHOWN
-    for i, config in enumerate(trials, 1):
+    for i, (config, key) in enumerate(zip(trials, keys), 1):
         steps = trial_steps(config)
-        seconds = steps * costs[shape_key(config)] * EVAL_OVERHEAD
+        seconds = steps * costs[key] * EVAL_OVERHEAD
         total_steps += steps
         total_seconds += seconds
         if i <= listed:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
-from bench.grid.planning import trial_fields
+from bench.grid.planning import QUEUED, trial_fields
 from bench.grid.recorder import Recorder
 from bench.spec import TrialConfig
 from bench.trial import TrialResult, run_trial
@@ -67,7 +67,7 @@ def run_one(
     (None: not recorded). A finished trial runs again; one that a live grid runs is refused."""
     if store is None:
         return run_trial(config, on_epoch, data_dir=data_dir, device=device)
-    store.upsert_run(config.trial_id, trial_fields(config))
+    store.upsert_run(config.trial_id, trial_fields(config), on_insert=QUEUED)
     recorder = Recorder(store, "", 1)
     try:
         result = run_recorded(config, recorder, on_epoch=on_epoch, data_dir=data_dir, device=device)

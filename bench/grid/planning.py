@@ -12,6 +12,7 @@ heartbeat belongs to another live grid and is skipped; one whose heartbeat is ol
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -98,13 +99,22 @@ class GridPlan:
         return [] if self.keep_old else self.changed
 
 
+#: Trial-level options that change no object :func:`~bench.trial.preflight` builds or checks.
+PREFLIGHT_FREE = ("seed", "lr", "val_subset", "label_smoothing", "diverge_factor", "log_steps")
+
+
+def preflight_key(config: TrialConfig) -> str:
+    """Trials with the same key pass or fail :func:`~bench.trial.preflight` together."""
+    return json.dumps([v for k, v in config.to_dict().items() if k not in PREFLIGHT_FREE])
+
+
 def validate(trials: Sequence[TrialConfig]) -> None:
-    """Every check that needs the zoo, once per distinct model/optimizer shape."""
+    """Every check that needs the zoo, once per distinct model/optimizer build."""
     from bench.trial import preflight  # builds on the meta device: imports torch
 
     seen: set[str] = set()
     for config in trials:
-        key = config.replace(seed=0).trial_id
+        key = preflight_key(config)
         if key not in seen:
             seen.add(key)
             preflight(config)
@@ -244,13 +254,18 @@ def trial_fields(config: TrialConfig) -> dict[str, Any]:
     return {"config": config.to_dict(), "derived": {"effective_lr": config.effective_lr}}
 
 
+QUEUED = {"status": "pending"}  # what a run created before it starts holds besides its config
+
+
 def register(plan_: GridPlan, store: ResultStore) -> None:
     """Records the study and its trials: every trial gains this study's name; abandoned
     ones are marked interrupted; new ones are queued as pending with their config; finished
     ones the plan runs again (made by other code or data) are queued as pending.
 
     Status changes are conditional writes, re-checked by the store: a trial another grid
-    started or finished since ``plan`` keeps its status.
+    started or finished since ``plan`` keeps its status. A new run is created with its
+    status in the same write as its config, so a registration stopped part-way (a full
+    disk) never leaves a run without a status.
     """
     spec = plan_.spec
     store.save_study(
@@ -260,7 +275,7 @@ def register(plan_: GridPlan, store: ResultStore) -> None:
     for config in [*plan_.cached, *plan_.live]:
         store.upsert_run(config.trial_id, {}, study=spec.key)
     for config in plan_.todo:
-        store.upsert_run(config.trial_id, trial_fields(config), study=spec.key)
+        store.upsert_run(config.trial_id, trial_fields(config), study=spec.key, on_insert=QUEUED)
     threshold = stale_before(plan_.stale_after)
     todo_ids = [t.trial_id for t in plan_.todo]
     for chunk in chunked(todo_ids, ID_CHUNK):

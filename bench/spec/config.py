@@ -102,6 +102,7 @@ def _collect_options() -> tuple[dict[str, Option], dict[str, list[tuple[str, Any
 # module that imported them sees the plugin's options.
 OPTIONS: dict[str, Option] = {}
 DEFAULTS: dict[str, Any] = {}
+_CHECKED_DEFAULTS: dict[str, Any] = {}  # each option's default as ``coerce`` returns it (a config's unset fields)
 CONFIG_FIELDS = OPTIONS  # name → declaration (``.default``, ``.type``): the config's fields
 _READERS: dict[str, list[tuple[str, Any]]] = {}
 
@@ -118,6 +119,20 @@ def _refresh(_entry: Any = None) -> None:
     DEFAULTS.update({name: _jsonable(o.default) for name, o in options.items()})
     _READERS.clear()
     _READERS.update(readers)
+    _CHECKED_DEFAULTS.clear()
+    _CHECKED_DEFAULTS.update(_checked_defaults(options))
+
+
+def _checked_defaults(options: dict[str, Option]) -> dict[str, Any]:
+    """The defaults that pass their own checks, coerced once (one that does not is left
+    out: a config that leaves it unset checks it, and says why it is refused)."""
+    out = {}
+    for name, option in options.items():
+        try:
+            out[name] = option.coerce(option.default)
+        except ConfigError:
+            pass
+    return out
 
 
 _refresh()
@@ -144,7 +159,11 @@ class TrialConfig:
 
     def __init__(self, **values: Any) -> None:
         check_keys(values, "config key")
-        checked = {name: option.coerce(values.get(name, option.default)) for name, option in OPTIONS.items()}
+        checked = {
+            name: _CHECKED_DEFAULTS[name] if name not in values and name in _CHECKED_DEFAULTS
+            else option.coerce(values.get(name, option.default))
+            for name, option in OPTIONS.items()
+        }
         object.__setattr__(self, "_values", checked)
         self._check_names()
         self._check_values()
@@ -197,7 +216,8 @@ class TrialConfig:
 
     # -- identity ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {name: _jsonable(getattr(self, name)) for name in OPTIONS}
+        values = self._values
+        return {name: _jsonable(values[name] if name in values else option.default) for name, option in OPTIONS.items()}
 
     def reads(self) -> set[str]:
         """The options this trial reads: the trial-level ones (those with ``when`` only

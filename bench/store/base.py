@@ -94,7 +94,11 @@ class ResultStore(Protocol):
     kind: str
     location: str
 
-    def upsert_run(self, run_id: str, fields: dict, *, study: str | None = None) -> None: ...
+    def upsert_run(
+        self, run_id: str, fields: dict, *, study: str | None = None, on_insert: dict | None = None
+    ) -> None:
+        """Sets ``fields`` on the run (creating it), adds ``study`` to its list; ``on_insert``
+        fields are set only when this write creates the run (MongoDB's ``$setOnInsert``)."""
 
     def get_run(self, run_id: str) -> dict | None: ...
 
@@ -396,6 +400,22 @@ def prepare_run_update(
     return clean, study
 
 
+def prepare_on_insert(run_id: str, on_insert: Mapping[str, Any] | None, set_fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the ``on_insert`` fields of one ``upsert_run`` call: those not also set by
+    the call (a field the call sets takes that value either way, as on MongoDB)."""
+    if on_insert is None:
+        return {}
+    if not isinstance(on_insert, Mapping):
+        raise StoreError(f"on_insert must be a mapping of field name to value, got {on_insert!r}.")
+    clean = redact_credentials(sanitize(dict(on_insert)))
+    for name in ("_id", "study"):
+        if name in clean:
+            raise StoreError(f"Run {run_id!r}: on_insert cannot set {name!r}; give it to upsert_run itself.")
+    clean = {k: v for k, v in clean.items() if k not in set_fields}
+    check_run_document({"_id": run_id, **set_fields, **clean})  # the document the insert would make
+    return clean
+
+
 def prepare_runs_update(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Validate the ``$set`` fields of an ``update_runs`` call (many runs at once)."""
     if not isinstance(fields, Mapping):
@@ -413,10 +433,11 @@ def prepare_runs_update(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_run_update(
-    doc: dict[str, Any] | None, run_id: str, set_fields: Mapping[str, Any], study: str | None
+    doc: dict[str, Any] | None, run_id: str, set_fields: Mapping[str, Any], study: str | None,
+    on_insert: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The document MongoDB's ``{$set, $addToSet}`` upsert would leave behind."""
-    result: dict[str, Any] = dict(doc) if doc is not None else {"_id": run_id}
+    """The document MongoDB's ``{$set, $addToSet, $setOnInsert}`` upsert would leave behind."""
+    result: dict[str, Any] = dict(doc) if doc is not None else {"_id": run_id, **(on_insert or {})}
     result.update(set_fields)
     if study is not None:
         studies = result.get("study")

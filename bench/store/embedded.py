@@ -48,6 +48,7 @@ from bench.store.base import (
     dumps,
     prepare_claim,
     prepare_metrics,
+    prepare_on_insert,
     prepare_run_update,
     prepare_runs_update,
     prepare_study,
@@ -260,6 +261,8 @@ class EmbeddedStore:
             self._ensure_schema(conn)
         except sqlite3.OperationalError as exc:
             conn.close()
+            if disk_full(exc):
+                raise self._error("create its tables", exc) from exc
             raise StoreError(
                 f"Cannot use the result store {self.location}: {exc}. Check that the file "
                 "and its directory are writable and on a local disk, or choose another "
@@ -344,13 +347,17 @@ class EmbeddedStore:
                 f"The result store {self.location} failed to {action}: {exc}. Another process held "
                 f"the write lock for more than {self.busy_timeout:g} s; retry when it is done."
             )
+        if disk_full(exc):
+            return StoreError(
+                f"The disk holding the result store {self.location} is full (it could not {action}). Free space "
+                "on it, or choose another location with BENCH_STORE or --store, and run the same command again; "
+                "finished trials are kept."
+            )
         return StoreError(f"The result store {self.location} failed to {action}: {exc}. {self._hint(exc)}")
 
     def _hint(self, exc: sqlite3.Error) -> str:
-        """What to do about an SQLite error, from its code: a full disk, a corrupt file, a read-only one."""
+        """What to do about an SQLite error, from its code: a corrupt file, a read-only one."""
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-            return "The disk is full: free space on it (or choose another location with BENCH_STORE or --store) and run the command again."
         if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc):
             return (f"The file is not a valid bench result store (damaged, or another kind of file). Move it aside "
                     f"(mv {self.location} {self.location}.bad), then run again to start a new store, or restore it "
@@ -425,14 +432,20 @@ class EmbeddedStore:
 
     # ------------------------------------------------------------------ runs
 
-    def upsert_run(self, run_id: str, fields: dict, *, study: str | None = None) -> None:
+    def upsert_run(
+        self, run_id: str, fields: dict, *, study: str | None = None, on_insert: dict | None = None
+    ) -> None:
         set_fields, add_study = prepare_run_update(run_id, fields, study)
-        self._run("upsert_run", {"run_id": run_id, "set": set_fields, "add_study": add_study}, f"save run {run_id!r}")
+        args = {"run_id": run_id, "set": set_fields, "add_study": add_study}
+        if on_insert:
+            args["on_insert"] = prepare_on_insert(run_id, on_insert, set_fields)
+        self._run("upsert_run", args, f"save run {run_id!r}")
 
     def _apply_upsert_run(self, conn: sqlite3.Connection, args: dict[str, Any]) -> None:
         run_id = args["run_id"]
         row = conn.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
-        doc = apply_run_update(json.loads(row[0]) if row else None, run_id, args["set"], args.get("add_study"))
+        old = json.loads(row[0]) if row else None
+        doc = apply_run_update(old, run_id, args["set"], args.get("add_study"), args.get("on_insert"))
         _put_run(conn, run_id, doc)
 
     def claim_run(
@@ -667,6 +680,12 @@ class EmbeddedStore:
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({self.location!r})"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an SQLite error says the disk (or the file's size limit) is full."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 def _put_run(conn: sqlite3.Connection, run_id: str, doc: dict[str, Any]) -> None:

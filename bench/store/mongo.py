@@ -50,6 +50,7 @@ from bench.store.base import (
     metric_key,
     prepare_claim,
     prepare_metrics,
+    prepare_on_insert,
     prepare_run_update,
     prepare_runs_update,
     prepare_study,
@@ -277,16 +278,21 @@ class MongoStore:
 
     # ------------------------------------------------------------------ runs
 
-    def upsert_run(self, run_id: str, fields: dict, *, study: str | None = None) -> None:
+    def upsert_run(
+        self, run_id: str, fields: dict, *, study: str | None = None, on_insert: dict | None = None
+    ) -> None:
         set_fields, add_study = prepare_run_update(run_id, fields, study)
-        self._write(
-            "upsert_run", {"run_id": run_id, "set": set_fields, "add_study": add_study}, f"save run {run_id!r}"
-        )
+        args = {"run_id": run_id, "set": set_fields, "add_study": add_study}
+        if on_insert:
+            args["on_insert"] = prepare_on_insert(run_id, on_insert, set_fields)
+        self._write("upsert_run", args, f"save run {run_id!r}")
 
     def _apply_upsert_run(self, args: dict[str, Any]) -> None:
         update: dict[str, Any] = {"$set": args["set"]}
         if args.get("add_study") is not None:
             update["$addToSet"] = {"study": args["add_study"]}
+        if args.get("on_insert"):
+            update["$setOnInsert"] = args["on_insert"]
         self._coll("runs").update_one({"_id": args["run_id"]}, update, upsert=True)
 
     def claim_run(

@@ -710,3 +710,18 @@ def test_closed_store_refuses_work(store: ResultStore) -> None:
     with pytest.raises(StoreError, match="closed"):
         store.get_run("r")
     store.close()  # closing twice is harmless
+
+
+def test_on_insert_fields_are_set_only_when_the_write_creates_the_run(store: Any) -> None:
+    store.upsert_run("new", {"config": {"norm": "gn"}}, study="s", on_insert={"status": "pending"})
+    store.upsert_run("old", {"status": "completed"})
+    store.upsert_run("old", {"config": {"norm": "bn"}}, study="s", on_insert={"status": "pending"})
+    store.upsert_run("both", {"status": "running"}, on_insert={"status": "pending", "attempts": 0})
+    assert store.get_run("new")["status"] == "pending" and store.get_run("new")["study"] == ["s"]
+    assert store.get_run("old")["status"] == "completed" and store.get_run("old")["config"] == {"norm": "bn"}
+    assert (store.get_run("both")["status"], store.get_run("both")["attempts"]) == ("running", 0)
+    with pytest.raises(StoreError, match="on_insert cannot set 'study'"):
+        store.upsert_run("x", {}, on_insert={"study": ["s"]})
+    with pytest.raises(StoreError, match="status"):
+        store.upsert_run("x", {}, on_insert={"status": "queued"})
+    assert store.get_run("x") is None
