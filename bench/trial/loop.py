@@ -43,6 +43,7 @@ from bench.trial.build import (
     seed_everything,
     steps_per_epoch,
 )
+from bench.trial.checkpoint import Checkpoints, Position, deferred_signals, mismatch, restore, snapshot
 from bench.trial.spikes import StabilityParams
 from bench.trial.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
 from bench.zoo.archs import first_layer
@@ -76,6 +77,8 @@ class TrialResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     env: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None  # the epoch a checkpoint resumed this attempt at (None: from the start)
+    artifacts: dict[str, str] = field(default_factory=dict)  # kept files, by name (``weights``)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -111,18 +114,28 @@ def run_trial(
     data_dir: str | None = None,
     device: str | None = None,
     report_steps: StepReport | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrialResult:
-    """Train one trial to the end of its budget; never raises. ``report`` gets each
-    epoch's metrics; with ``config.log_steps``, ``report_steps`` gets the per-step records
-    (once per epoch, before that epoch's metrics, and at divergence). The result's ``env``
-    is recorded as the trial runs: versions, commit, device, the fingerprints of the code
-    it runs (``code``) and of the data it trains on (``data``)."""
+    """Train one trial to the end of its budget; never raises (but lets Ctrl-C and SIGTERM
+    through). ``report`` gets each epoch's metrics; with ``config.log_steps``,
+    ``report_steps`` gets the per-step records (once per epoch, before that epoch's
+    metrics, and at divergence). The result's ``env`` is recorded as the trial runs:
+    versions, commit, device, the fingerprints of the code it runs (``code``) and of the
+    data it trains on (``data``).
+
+    With ``checkpoints``, the trial resumes from the latest checkpoint it finds there (when
+    it was made by this trial with this code and data), saves one after every epoch and,
+    on SIGINT or SIGTERM in the main thread, one at the next step boundary before the
+    signal goes on; a completed or diverged trial's checkpoints go (its final weights stay
+    when the checkpoints keep them: ``result.artifacts``)."""
     result = TrialResult(status="failed")
     started = time.perf_counter()
     try:
         chosen = pick_device(device)
         result.env = environment(str(chosen), config)
-        _train(config, result, isolated(report, "epoch"), isolated(report_steps, "steps"), data, data_dir, chosen)
+        _train(
+            config, result, isolated(report, "epoch"), isolated(report_steps, "steps"), data, data_dir, chosen, checkpoints
+        )
     except Exception:  # noqa: BLE001 - any failure is a trial outcome, the grid goes on
         result.status = "failed"
         result.error = traceback.format_exc()
@@ -138,6 +151,7 @@ def _train(
     data: Splits | None,
     data_dir: str | None,
     device: torch.device,
+    checkpoints: Checkpoints | None,
 ) -> None:
     seed_everything(config.seed)
     if data is None:
@@ -152,8 +166,10 @@ def _train(
     scheduler = build_schedule(config, optimizer, steps)
     augment = build_augment(config, data.image_size, data.num_classes, value_range(data.train_x))
     gen = torch.Generator(device=device).manual_seed(config.seed)
+    identity = {"trial_id": config.trial_id, "code": result.env.get("code"), "data": data.fingerprint}
+    state = _resumable(checkpoints, identity)
     data_init = conv_kind(config).data_init
-    if data_init is not None:
+    if data_init is not None and state is None:
         # weight norm's paper initializes on one minibatch; a larger one (up to 512) gives steadier statistics
         init_idx = torch.randperm(len(data.train_x), generator=gen, device=device)[: max(config.batch_size, 512)]
         data_init(model, data.train_x[init_idx])
@@ -164,73 +180,128 @@ def _train(
         torch.cuda.reset_peak_memory_stats(device)
 
     steplog = StepLog(report_steps, first_layer(model)) if config.log_steps else None
-    first_loss: float | None = None
-    step = 0
-    best_val = -math.inf
-    train_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        _sync(device)
-        t0 = time.perf_counter()
-        order = torch.randperm(len(data.train_x), generator=gen, device=device)
-        loss_sum = torch.zeros((), device=device)
-        grad_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        lr_now = optimizer.param_groups[0]["lr"]
-        for i in range(steps):
-            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            x, target = augment(data.train_x[idx], data.train_y[idx], gen)
-            logits = model(x)
-            loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = gradient_norm(params)
-            if config.agc_clip > 0:
-                clip_gradients(model, config.agc_clip)
-            value = loss.item()
-            if first_loss is None:
-                first_loss = value
-            hits = (logits.argmax(1) == target_classes(target)).sum()
+    pos = Position()
+    if state is not None:
+        pos = restore(state, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen, device=device)
+        result.epochs = list(state["epochs"])
+        if steplog is not None and state["series"] is not None:
+            steplog.series = state["series"]
+        result.resumed_from = pos.epoch
+
+    def save(at: Position) -> None:
+        if checkpoints is not None:
+            series = steplog.series if steplog is not None else None
+            checkpoints.save(snapshot(
+                at, identity=identity, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
+                epochs=result.epochs, series=series,
+            ))
+
+    with deferred_signals(enabled=checkpoints is not None) as signals:
+        while pos.epoch <= config.epochs:
+            epoch = pos.epoch
+            model.train()
+            _sync(device)
+            t0 = time.perf_counter()
+            if pos.order is None:  # a new epoch (else: one a checkpoint stopped in)
+                pos.order = torch.randperm(len(data.train_x), generator=gen, device=device)
+                pos.sums = {
+                    "loss": torch.zeros((), device=device),
+                    "grad": torch.zeros((), device=device),
+                    "correct": torch.zeros((), device=device, dtype=torch.long),
+                }
+                pos.lr = optimizer.param_groups[0]["lr"]
+            sums = pos.sums
+            assert sums is not None
+            for i in range(pos.offset, steps):
+                if signals.requested:  # checkpoint here, at a step boundary, then stop
+                    _sync(device)
+                    pos.offset, pos.seconds = i, pos.seconds + time.perf_counter() - t0
+                    if steplog is not None:
+                        steplog.flush()
+                    save(pos)
+                    signals.deliver()
+                idx = pos.order[i * config.batch_size : (i + 1) * config.batch_size]
+                x, target = augment(data.train_x[idx], data.train_y[idx], gen)
+                logits = model(x)
+                loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = gradient_norm(params)
+                if config.agc_clip > 0:
+                    clip_gradients(model, config.agc_clip)
+                value = loss.item()
+                if pos.first_loss is None:
+                    pos.first_loss = value
+                hits = (logits.argmax(1) == target_classes(target)).sum()
+                if steplog is not None:
+                    steplog.record(pos.step, epoch, value, hits, len(idx), grad_norm, optimizer.param_groups[0]["lr"])
+                if not math.isfinite(value) or value > config.diverge_factor * max(pos.first_loss, 1e-8):
+                    result.status = "diverged"
+                    summary.update(diverged_step=pos.step, diverged_epoch=epoch, diverged_loss=value if math.isfinite(value) else None)
+                    summary.update(_final(result.epochs, pos.best_val, pos.step, pos.train_seconds, device))
+                    _close_steplog(steplog, config, summary)
+                    _finish(checkpoints, None, result)
+                    return
+                optimizer.step()
+                scheduler.step()
+                pos.step += 1
+                sums["loss"] += loss.detach()
+                sums["grad"] += grad_norm.detach()
+                sums["correct"] += hits
+            _sync(device)
+            seconds = pos.seconds + time.perf_counter() - t0
+            pos.train_seconds += seconds
+            val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+            pos.best_val = max(pos.best_val, val_acc)
+            metrics = {
+                "epoch": epoch,
+                "step": pos.step,
+                "train_loss": sums["loss"].item() / steps,
+                "train_acc": sums["correct"].item() / (steps * config.batch_size),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": pos.lr,
+                "grad_norm": sums["grad"].item() / steps,
+                "epoch_seconds": pos.seconds + time.perf_counter() - t0,
+                "train_seconds": seconds,
+                "samples_per_s": steps * config.batch_size / seconds if seconds > 0 else None,
+                "peak_mem_mb": _peak_memory_mb(device),
+            }
+            result.epochs.append(metrics)
             if steplog is not None:
-                steplog.record(step, epoch, value, hits, len(idx), grad_norm, optimizer.param_groups[0]["lr"])
-            if not math.isfinite(value) or value > config.diverge_factor * max(first_loss, 1e-8):
-                result.status = "diverged"
-                summary.update(diverged_step=step, diverged_epoch=epoch, diverged_loss=value if math.isfinite(value) else None)
-                summary.update(_final(result.epochs, best_val, step, train_seconds, device))
-                _close_steplog(steplog, config, summary)
-                return
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += loss.detach()
-            grad_sum += grad_norm.detach()
-            correct += hits
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
-        best_val = max(best_val, val_acc)
-        metrics = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum.item() / steps,
-            "train_acc": correct.item() / (steps * config.batch_size),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr_now,
-            "grad_norm": grad_sum.item() / steps,
-            "epoch_seconds": time.perf_counter() - t0,
-            "train_seconds": seconds,
-            "samples_per_s": steps * config.batch_size / seconds if seconds > 0 else None,
-            "peak_mem_mb": _peak_memory_mb(device),
-        }
-        result.epochs.append(metrics)
-        if steplog is not None:
-            steplog.flush()  # the epoch's steps land before its metrics
-        report(metrics)
+                steplog.flush()  # the epoch's steps land before its metrics
+            report(metrics)
+            pos = pos.next_epoch()
+            save(pos)  # after the report: a kill between the two re-trains this epoch, identically
+            if signals.requested:
+                signals.deliver()
     result.status = "completed"
-    summary.update(_final(result.epochs, best_val, step, train_seconds, device))
+    summary.update(_final(result.epochs, pos.best_val, pos.step, pos.train_seconds, device))
     _close_steplog(steplog, config, summary)
+    _finish(checkpoints, model, result)
+
+
+def _resumable(checkpoints: Checkpoints | None, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest checkpoint when it belongs to this trial, code and data; else None (why, logged)."""
+    state = checkpoints.load() if checkpoints is not None else None
+    if state is None:
+        return None
+    why = mismatch(state, identity)
+    if why is not None:
+        log.warning("Not resuming %s from its checkpoint: %s. It starts over.", identity["trial_id"], why)
+        return None
+    return state
+
+
+def _finish(checkpoints: Checkpoints | None, model: nn.Module | None, result: TrialResult) -> None:
+    """The trial is over: its checkpoints go; the final weights (``model``; None for a
+    diverged trial) stay where checkpoints are kept."""
+    if checkpoints is None:
+        return
+    try:
+        result.artifacts = checkpoints.finish(model.state_dict() if model is not None else None)
+    except Exception as exc:  # noqa: BLE001 - cleaning up never changes a trial's outcome
+        log.warning("Could not clear the trial's checkpoints (%s: %s).", type(exc).__name__, exc)
 
 
 def _close_steplog(steplog: StepLog | None, config: TrialConfig, summary: dict[str, Any]) -> None:

@@ -32,10 +32,26 @@ class Lawn:
         self.norms: list[torch.Tensor] | None = None
         optimizer.register_step_pre_hook(self._before)
         optimizer.register_step_post_hook(self._after)
+        # its state travels in the optimizer's, so a checkpoint of the optimizer covers it
+        optimizer.register_state_dict_post_hook(self._save)
+        optimizer.register_load_state_dict_pre_hook(self._load)
 
     @property
     def constrained(self) -> bool:
         return self.norms is not None
+
+    def _save(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict["lawn"] = {"steps": self.steps, "norms": None if self.norms is None else [n.clone() for n in self.norms]}
+        return state_dict
+
+    def _load(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("lawn", None)
+        if saved is not None:
+            self.steps = int(saved["steps"])
+            norms = saved["norms"]
+            self.norms = None if norms is None else [n.to(w.device) for n, w in zip(norms, self.tensors)]
+        return state_dict
 
     @torch.no_grad()
     def _before(self, *_: Any) -> None:
