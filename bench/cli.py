@@ -252,8 +252,15 @@ def grid(
         typer.Option("--keep-old-results", help="Answer trials from stored runs made by other code or on other data "
                                                 "than now, instead of running them again."),
     ] = False,
+    retries: Annotated[
+        int, typer.Option(help="Times a trial whose Ray worker or node is lost is retried, from its last checkpoint.")
+    ] = 1,
+    keep_checkpoints: Annotated[
+        bool, typer.Option("--keep-checkpoints", help="Keep each finished trial's final weights (shown by bench results show).")
+    ] = False,
 ) -> None:
-    """Run a study's grid: every trial not yet finished, side by side on Ray Tune."""
+    """Run a study's grid: every trial not yet finished, side by side on Ray Tune. Trials
+    checkpoint after every epoch; an interrupted one resumes where it stopped."""
     if list_:
         from bench.spec import list_specs
 
@@ -262,6 +269,8 @@ def grid(
     if not study:
         raise BenchError("Name a study (bench grid --list shows them) or give a path to a spec .yaml.")
     _check_grid_flags(stale_after, cpus_per_trial, gpus_per_trial, max_concurrent)
+    if retries < 0:
+        raise BenchError(f"--retries must be 0 or more (0: a trial whose worker is lost fails); got {retries}.")
     from bench.grid import GridOptions
 
     spec = _load(study, quick, profile, sets)
@@ -269,7 +278,10 @@ def grid(
         from bench.trial.build import check_device
 
         check_device(device, available=executor == "local")  # Ray's workers may have what this machine lacks
-    options = GridOptions(executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device)
+    options = GridOptions(
+        executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device, retries=retries,
+        keep_checkpoints=keep_checkpoints,
+    )
     if dry_run:
         from bench.grid.estimate import describe_plan
 
@@ -658,11 +670,28 @@ def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=
             for k, v in section.items():
                 table.add_row(k, _fmt(v))
             console.print(table)
+    where = {
+        **({"node": ", ".join(f"{k} {v}" for k, v in run["node"].items())} if isinstance(run.get("node"), dict) else {}),
+        **({"checkpoint": _checkpoint_line(run["checkpoint"])} if isinstance(run.get("checkpoint"), dict) else {}),
+        **{f"artifact: {name}": str(path) for name, path in (run.get("artifacts") or {}).items()},
+    }
+    if where:
+        table = Table("key", "value", title="files", box=None, title_justify="left")
+        for k, v in where.items():
+            table.add_row(k, escape(v))
+        console.print(table)
+    if run.get("history"):
+        _print_table(run["history"], [c for c in dict.fromkeys(k for doc in run["history"] for k in doc) if c != "node"])
     if epochs:
         _print_table(epochs, [c for c in dict.fromkeys(k for doc in epochs for k in doc) if c not in ("_id", "run_id")])
     if run.get("error"):
         console.print("[red]error:[/]")
         console.print(escape(run["error"]))
+
+
+def _checkpoint_line(checkpoint: dict[str, Any]) -> str:
+    """Where a run's latest checkpoint is and where in training it was taken."""
+    return f"{checkpoint.get('path')} (epoch {checkpoint.get('epoch')}, step {checkpoint.get('step')})"
 
 
 # -- store ----------------------------------------------------------------------------

@@ -17,4 +17,5 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("BENCH_RAY_DIR", str(tmp_path / "ray"))
     monkeypatch.setenv("BENCH_JOURNAL_DIR", str(tmp_path / "journal"))
+    monkeypatch.setenv("BENCH_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     torch.manual_seed(0)

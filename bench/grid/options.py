@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 @dataclass
 class GridOptions:
-    """The executor (``ray`` or ``local``), the resources each trial reserves, and where
-    trials read data and which torch device they use (None: their defaults)."""
+    """The executor (``ray`` or ``local``), the resources each trial reserves, where trials
+    read data and which torch device they use (None: their defaults), how many times a
+    trial whose worker or node is lost is retried from its checkpoint (Ray), and whether
+    a finished trial's final weights are kept."""
 
     executor: str = "ray"
     cpus_per_trial: float = 1.0
@@ -17,3 +19,5 @@ class GridOptions:
     address: str | None = None
     data_dir: str | None = None
     device: str | None = None
+    retries: int = 1
+    keep_checkpoints: bool = False

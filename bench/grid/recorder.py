@@ -153,6 +153,31 @@ class Recorder:
                 except BenchError:
                     pass  # a missed beat is harmless; the next one (or the epoch) retries
 
+    def ran_on(self, trial_id: str, node: dict[str, Any]) -> None:
+        """The attempt runs on ``node`` (a Ray node: id, IP, host name): kept in the run's
+        ``node`` and in the attempt's history entry."""
+        if trial_id not in self.active:
+            return
+        self._attempts.setdefault(trial_id, {})["node"] = node
+        self._safely(f"record the node of {trial_id}", lambda: self.store.upsert_run(trial_id, {"node": node}))
+
+    def checkpointed(self, trial_id: str, where: dict[str, Any]) -> None:
+        """The trial saved a checkpoint (``where``: its path, epoch and step): the run
+        points to it, so a later grid resumes from it."""
+        if trial_id not in self.active:
+            return
+        self._safely(f"record the checkpoint of {trial_id}", lambda: self.store.upsert_run(trial_id, {"checkpoint": where}))
+
+    def lost(self, trial_id: str, error: str) -> None:
+        """The attempt's worker or node was lost and the trial is retried (from its last
+        checkpoint): the attempt goes into the history, the run stays ``running``."""
+        if trial_id not in self.active:
+            return
+        now = utcnow()
+        fields = {"history": self._history(trial_id, "lost", error, now), "heartbeat_at": now}
+        self._safely(f"record the lost attempt of {trial_id}", lambda: self.store.upsert_run(trial_id, fields))
+        self._attempts[trial_id] = {**self._attempts.get(trial_id, {}), "started_at": now, "node": None, "resumed_from": None}
+
     def epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
         """Stores one epoch's metrics and refreshes the trial's heartbeat."""
         if trial_id not in self.active:
@@ -177,10 +202,13 @@ class Recorder:
             return
         now = utcnow()
         kept = self._attempts.get(trial_id, {}).get("kept")
+        self._attempts.setdefault(trial_id, {})["resumed_from"] = result.resumed_from
         if result.status == "failed" and kept:
             fields: dict[str, Any] = dict(kept)
         else:
             fields = {"status": result.status, "summary": result.summary, "error": result.error, "env": result.env, "finished_at": now}
+        if result.status in FINISHED_STATUSES:  # its checkpoints are gone; kept weights stay
+            fields.update(checkpoint=None, artifacts=result.artifacts or None)
         fields["history"] = self._history(trial_id, result.status, result.error, now)
         self._safely(f"save the outcome of {trial_id}", lambda: self.store.upsert_run(trial_id, fields))
         self._close(trial_id, result.status)
@@ -199,7 +227,11 @@ class Recorder:
             run = self.store.get_run(trial_id)
         except BenchError:
             run = None
-        return with_history(run, history_entry(outcome, error, self._attempts.get(trial_id, {}).get("started_at"), now))
+        attempt = self._attempts.get(trial_id, {})
+        entry = history_entry(
+            outcome, error, attempt.get("started_at"), now, node=attempt.get("node"), resumed_from=attempt.get("resumed_from")
+        )
+        return with_history(run, entry)
 
     def _close(self, trial_id: str, status: str) -> None:
         """The trial is over: counted, and its heartbeat stops."""

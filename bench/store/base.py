@@ -528,16 +528,21 @@ def driver_gone(driver: Any, driver_start: Any = None) -> bool:
 HISTORY_KEPT = 50  # attempts a run's ``history`` keeps, the latest
 
 
-def history_entry(outcome: str, error: str | None, started_at: str | None, finished_at: str) -> dict[str, Any]:
+def history_entry(
+    outcome: str, error: str | None, started_at: str | None, finished_at: str, **more: Any
+) -> dict[str, Any]:
     """One attempt of a run as its ``history`` keeps it: outcome, the error's last line,
-    host, start and end."""
+    host, start and end, and ``more`` (the Ray node it ran on, the epoch it resumed at)
+    where known. The host is the one the attempt ran on when ``more`` names a node."""
     lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    node = more.get("node") or {}
     return {
         "outcome": outcome,
         "error": lines[-1].strip() if lines else None,
-        "host": socket.gethostname(),
+        "host": node.get("hostname") or socket.gethostname(),
         "started_at": started_at,
         "finished_at": finished_at,
+        **{k: v for k, v in more.items() if v is not None},
     }
 
 

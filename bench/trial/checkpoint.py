@@ -126,9 +126,15 @@ def mismatch(state: dict[str, Any], identity: dict[str, Any]) -> str | None:
     """Why ``state`` cannot be resumed by the trial of ``identity`` (None: it can)."""
     if state.get("format") != FORMAT:
         return f"it has format {state.get('format')!r}, not {FORMAT}"
-    for key, value in identity.items():
-        if state.get(key) != value:
-            return f"its {key} differs ({state.get(key)!r}, now {value!r})"
+    if state.get("trial_id") != identity.get("trial_id"):
+        return f"it belongs to trial {state.get('trial_id')!r}"
+    if state.get("code") != identity.get("code"):
+        changed = sorted(k for k in {**(state.get("code") or {}), **(identity.get("code") or {})}
+                         if (state.get("code") or {}).get(k) != (identity.get("code") or {}).get(k)) \
+            if isinstance(state.get("code"), dict) and isinstance(identity.get("code"), dict) else ["code"]
+        return f"it was made by other code ({', '.join(changed)} changed)"
+    if state.get("data") != identity.get("data"):
+        return "it was made on other data"
     return None
 
 

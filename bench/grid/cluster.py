@@ -1,0 +1,468 @@
+"""Joining a Ray cluster and checking its nodes: the second adapter to Ray.
+
+:mod:`bench.grid.ray_executor` runs the trials on Ray Tune; this module holds the Ray
+calls made before that, when a study runs on a cluster (``--address`` or ``RAY_ADDRESS``),
+so that a wrong address, a missing token or a node without the data is one clear error
+before the first trial, not a hang or a failed trial per node:
+
+- :func:`check_address`, before anything is written to the store and without starting
+  Ray: the address is one the driver can use, and something answers there.
+- :func:`connect`: ``ray.init`` with a bounded wait, and errors that say what to do.
+- :func:`check_nodes_have_data`: every node that can run trials finds the datasets in
+  its own data directory, and all find the same data.
+- :func:`node_identity`: which machine a worker runs on (for results and messages).
+
+The driver must run inside the cluster: on the head node, or as a Ray job. Ray Client
+(``ray://``) is refused: under it Tune's driver runs on the cluster, so the results would
+never reach the store this process writes to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+# Offline and quiet by default; a user's own settings win.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+log = logging.getLogger(__name__)
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, else ``default`` (an invalid
+    value is reported by :func:`check_address`, not at import)."""
+    try:
+        value = float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+    return value if value > 0 and math.isfinite(value) else default
+
+
+#: Seconds to wait for the cluster's GCS (head) to accept a connection, and then for
+#: ``ray.init`` to reach it. Env ``BENCH_RAY_CONNECT_TIMEOUT`` overrides it.
+CONNECT_TIMEOUT = _seconds_from_env("BENCH_RAY_CONNECT_TIMEOUT", 10.0)
+
+#: Seconds each node has to answer the data check (a worker to start, torch to import,
+#: the files to be read).
+NODE_TIMEOUT = 60.0
+
+_SUPPORTED_WAYS = (
+    "run the driver inside the cluster instead: on the head node "
+    "(`bench grid STUDY --address auto`) or as a Ray job (`ray job submit --address "
+    "http://HEAD:8265 --working-dir . -- bench grid STUDY`), writing to MongoDB "
+    "(BENCH_MONGO_URI) or to the embedded store on the driver's disk"
+)
+
+_AUTH_MARKERS = ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")
+
+
+# --------------------------------------------------------------------------- address
+
+
+def check_address(address: str | None, *, timeout: float = CONNECT_TIMEOUT) -> str | None:
+    """The cluster address to pass to ``ray.init`` (``host:port``), or None when no
+    cluster is named and a local runtime will be started (:func:`connect` starts one even
+    when ``ray start`` runs here: joining that cluster takes ``--address auto``).
+
+    ``address`` is ``--address``; None falls back to ``RAY_ADDRESS`` (as does ``auto``, as
+    Ray does). ``auto`` is resolved as Ray resolves it: the cluster ``ray start`` last
+    recorded on this machine, else a running one found among its processes. Runs before
+    the study is written to the store, so a typo costs nothing; it starts no Ray and
+    returns within about ``timeout`` seconds.
+    """
+    _check_timeout_env()
+    given = _effective_address(address)
+    if given is None:
+        return None
+    if given.startswith("ray://"):
+        raise BenchError(
+            f"The Ray address {given!r} is a Ray Client address, which bench does not "
+            f"support: under Ray Client the Tune driver runs on the cluster, so the results "
+            f"would not reach the store this process writes to. Instead, {_SUPPORTED_WAYS}."
+        )
+    if given != "auto" and (given.startswith(("http://", "https://")) or _host_port(given) is None):
+        raise _malformed(given)  # before Ray, which logs a traceback for some of them
+    canonical = _canonical(given)
+    _probe(canonical, given, timeout)
+    return canonical
+
+
+def _effective_address(address: str | None) -> str | None:
+    """The address Ray would use: ``address``, or RAY_ADDRESS when it is None or
+    ``auto`` (Ray's rule); None for a local runtime."""
+    address = (address or "").strip()
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if (not address or address == "auto") and env:
+        address = env
+    return None if address in ("", "local") else address
+
+
+def _canonical(address: str) -> str:
+    """``host:port`` as ``ray.init`` will use it: ``auto`` found, localhost replaced by
+    this machine's address. Ray's own function, so both agree."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        canonical = canonicalize_bootstrap_address(address)
+    except ConnectionError:  # only "auto" raises it
+        raise BenchError(
+            "--address auto found no Ray cluster running on this machine (`ray start "
+            "--head` starts one). Name the head's address (host:port) to join a cluster "
+            "elsewhere, or leave --address and RAY_ADDRESS unset to run on this machine."
+        ) from None
+    except ValueError:
+        canonical = None
+    if canonical is None or _host_port(canonical) is None:
+        raise _malformed(address)
+    return canonical
+
+
+def _malformed(address: str) -> BenchError:
+    if address.startswith(("http://", "https://")):
+        return BenchError(
+            f"The Ray address {address!r} is a dashboard URL; --address and RAY_ADDRESS "
+            f"take the cluster's GCS address, host:port (port 6379 unless `ray start "
+            f"--head --port` chose another); `ray start --head` prints it. The dashboard "
+            f"URL is for `ray job submit --address`."
+        )
+    return BenchError(
+        f"The Ray address {address!r} is malformed: expected host:port (for example "
+        f"10.0.0.5:6379 or head-node:6379), `auto` for the cluster running on this "
+        f"machine, or nothing to start Ray on this machine."
+    )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def _probe(address: str, given: str, timeout: float) -> None:
+    """Something accepts TCP connections at ``address``, within ``timeout`` seconds (name
+    resolution included: the attempt runs in a thread that is abandoned at the limit)."""
+    host, port = _host_port(address)  # type: ignore[misc]  # checked by _canonical
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, name="bench-ray-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    error = outcome[0] if outcome else TimeoutError()
+    if error is None:
+        return
+    named = address if given == address else f"{address} (from {given!r})"
+    raise BenchError(f"Cannot reach the Ray cluster at {named}: {_why(error, host, port, timeout)}")
+
+
+def _why(error: BaseException, host: str, port: int, timeout: float) -> str:
+    """What happened, and what to do about it, for a failed connection attempt."""
+    if isinstance(error, socket.gaierror):
+        return (
+            f"the host name {host!r} does not resolve ({error.strerror or error}). Check "
+            f"the spelling, or give the head node's IP address."
+        )
+    if isinstance(error, ConnectionRefusedError):
+        return (
+            f"nothing accepts connections on port {port} there. Check that Ray runs on "
+            f"that machine (`ray status` there; `ray start --head` starts it and prints "
+            f"its address) and the port (6379 unless `ray start --head --port` chose "
+            f"another)."
+        )
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return (
+            f"no answer within {timeout:g} s: the machine is unreachable from here or a "
+            f"firewall drops the connection. Check the address and that port {port} is "
+            f"open to this machine (BENCH_RAY_CONNECT_TIMEOUT sets how long to wait)."
+        )
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return f"{reason}. Check the address and the network between this machine and the head node."
+
+
+def _check_timeout_env() -> None:
+    raw = os.environ.get("BENCH_RAY_CONNECT_TIMEOUT", "").strip()
+    if raw and _seconds_from_env("BENCH_RAY_CONNECT_TIMEOUT", -1.0) < 0:
+        raise BenchError(
+            f"BENCH_RAY_CONNECT_TIMEOUT must be a positive number of seconds, got {raw!r}."
+        )
+
+
+# --------------------------------------------------------------------------- joining
+
+
+def connect(
+    address: str | None, *, runtime_env: dict | None = None, timeout: float = CONNECT_TIMEOUT
+) -> bool:
+    """Starts a local Ray runtime, or joins the cluster at ``address`` (see
+    :func:`check_address`), with ``runtime_env`` (the plugins' ``py_modules``). Returns
+    whether this call started Ray (and so the caller shuts it down); False when Ray was
+    already initialized.
+
+    Joining waits about ``timeout`` seconds for the cluster's GCS to answer (Ray's own
+    wait is 20 attempts a second apart), unless RAY_gcs_server_port_wait_time_s says
+    otherwise. ``auto`` is passed to Ray as ``auto``: only then does Ray use this
+    machine's token (``~/.ray/auth_token``) without RAY_AUTH_MODE=token.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    canonical = check_address(address, timeout=timeout)
+    if canonical is None:
+        target = "local"  # not the cluster `ray start` recorded here, as ray.init() would
+    else:
+        target = "auto" if _effective_address(address) == "auto" else canonical
+    try:
+        with _gcs_wait(timeout if canonical else None):
+            ray.init(
+                address=target,
+                runtime_env=runtime_env,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                configure_logging=True,
+            )
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        where = canonical or "a local runtime"
+        if _is_auth_failure(exc):
+            raise BenchError(_auth_message(where, exc)) from None
+        if canonical is None:
+            raise BenchError(f"Could not start Ray on this machine: {_first_line(exc)}.") from None
+        raise BenchError(
+            f"Could not join the Ray cluster at {canonical}: {_first_line(_root(exc))}. "
+            f"Its head node accepts connections, but Ray could not register this driver "
+            f"within about {timeout:g} s: check that this machine runs the same Ray and "
+            f"Python versions as the cluster (`ray --version`), that the head is healthy "
+            f"(`ray status` there), and that the address is the GCS port, not another one."
+        ) from None
+    return True
+
+
+@contextmanager
+def _gcs_wait(timeout: float | None) -> Iterator[None]:
+    """Bounds how long ``ray.init`` retries the GCS (one attempt a second) when joining;
+    a value the user set wins. Restored after, so a local runtime started later in this
+    process keeps Ray's default."""
+    name = "RAY_gcs_server_port_wait_time_s"
+    if timeout is None or name in os.environ:
+        yield
+        return
+    os.environ[name] = str(max(1, math.ceil(timeout)))
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _root(exc: BaseException) -> BaseException:
+    return list(_chain(exc))[-1]
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    """Ray 2.60 reports a refused or missing token as AuthenticationError, raised directly
+    (token mode on, no token here) or as text in the chain of a ConnectionError (the GCS
+    answered Unauthenticated)."""
+    from ray.exceptions import AuthenticationError
+
+    return any(
+        isinstance(e, AuthenticationError) or any(m in str(e) for m in _AUTH_MARKERS) for e in _chain(exc)
+    )
+
+
+def _auth_message(where: str, exc: BaseException) -> str:
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if mode != "token":
+        what = (
+            "this driver has token authentication off (RAY_AUTH_MODE is not 'token'), so "
+            "it sent no token; Ray sends one to an address named with --address or "
+            "RAY_ADDRESS only when RAY_AUTH_MODE=token is set"
+        )
+    elif "no authentication token was found" in str(exc):
+        what = "RAY_AUTH_MODE=token is set here but no token was found"
+    else:
+        what = "the token this driver sent was refused: it is not this cluster's token"
+    return (
+        f"The Ray cluster at {where} requires an authentication token (Ray token "
+        f"authentication) and {what}. Get the cluster's token (`ray get-auth-token` on the "
+        f"head node prints it) and run with RAY_AUTH_MODE=token and the token in "
+        f"RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token."
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0].rstrip(".")
+
+
+# ------------------------------------------------------------------------------ nodes
+
+
+def node_identity() -> dict[str, str]:
+    """The machine this process runs on: ``hostname``, and inside Ray also ``node_id``
+    and ``node_ip``. Harmless outside Ray (hostname only; Ray is not imported for it)."""
+    identity = {"hostname": socket.gethostname()}
+    ray = _imported_ray()
+    if ray is not None and ray.is_initialized():
+        identity["node_id"] = ray.get_runtime_context().get_node_id()
+        from ray.util import get_node_ip_address
+
+        identity["node_ip"] = get_node_ip_address()
+    return identity
+
+
+def _imported_ray() -> Any:
+    import sys
+
+    return sys.modules.get("ray")
+
+
+def check_nodes_have_data(datasets: list[str], data_dir: str | None) -> None:
+    """Every live node that can run trials finds the datasets that need files, in
+    ``data_dir`` (absolute, the same on every node) or, when None, in the node's own
+    default (its BENCH_DATA_DIR, else ~/.cache/bench/data): the trials read them there.
+
+    Run with Ray connected, before any trial starts: each node answers one tiny pinned
+    task that reads the files without ever downloading them (a node without network
+    would fail every trial, and nodes downloading side by side may get different copies).
+    The data each node finds must also be the same (their fingerprints agree), or trials
+    on different nodes would not be comparable. All problems come as one BenchError,
+    node by node. Nodes that join later (autoscaling) are not checked.
+    """
+    from bench.zoo.datasets import dataset_source
+    from bench.zoo.plugins import loaded
+
+    needed = sorted({name for name in datasets if dataset_source(name).needs_files})
+    if not needed:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = _trial_nodes()
+    if not nodes:
+        log.warning("No Ray node can run trials yet; the datasets were not checked on the nodes.")
+        return
+    # No CPU asked: the check must not wait behind other work on a busy node.
+    task = ray.remote(num_cpus=0, max_retries=0)(_data_on_this_node)
+    pending = {
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            needed, data_dir, loaded()
+        ): n
+        for n in nodes
+    }
+    ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=NODE_TIMEOUT)
+    reports: dict[str, dict[str, Any]] = {}
+    problems = [f"{_label(pending[ref])} did not answer within {NODE_TIMEOUT:g} s" for ref in late]
+    for ref in late:
+        _cancel(ref)
+    for ref in ready:
+        try:
+            reports[_label(pending[ref])] = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            problems.append(f"{_label(pending[ref])} could not run the check ({_first_line(exc)})")
+    problems += _missing(reports) + _differing(reports)
+    if problems:
+        raise BenchError(_data_message(problems, len(nodes), data_dir))
+
+
+def _trial_nodes() -> list[dict[str, Any]]:
+    """Live nodes with CPUs: where Tune may place a trial."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+
+def _label(node: dict[str, Any]) -> str:
+    host = node.get("NodeManagerHostname") or "?"
+    return f"node {node['NodeID'][:8]} ({host}, {node.get('NodeManagerAddress') or '?'})"
+
+
+def _cancel(ref: Any) -> None:
+    import ray
+
+    try:
+        ray.cancel(ref, force=True)
+    except Exception as exc:  # already finished or gone: nothing to stop
+        log.debug("Could not cancel the data check %s: %s", ref, exc)
+
+
+def _data_on_this_node(datasets: list[str], data_dir: str | None, plugins: list) -> dict[str, Any]:
+    """Runs on one node: each dataset's fingerprint as found in its data directory, or
+    why it is not there. Never downloads."""
+    from bench.zoo.datasets import DataNotPresent, dataset_fingerprint, default_data_dir
+    from bench.zoo.plugins import import_on_worker
+
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    report: dict[str, Any] = {"identity": node_identity(), "data_dir": str(root), "found": {}, "missing": {}}
+    try:
+        import_on_worker(plugins)
+    except Exception as exc:
+        report["missing"] = {name: f"the plugins could not be imported ({_first_line(exc)})" for name in datasets}
+        return report
+    for name in datasets:
+        try:
+            report["found"][name] = dataset_fingerprint(name, data_dir=root, download=False)
+        except DataNotPresent as exc:  # names the dataset and the directories searched
+            report["missing"][name] = _first_line(exc)
+        except Exception as exc:  # unreadable, or not the dataset it claims to be
+            report["missing"][name] = f"dataset {name!r} in {root}: {_first_line(exc)}"
+    return report
+
+
+def _missing(reports: dict[str, dict[str, Any]]) -> list[str]:
+    return [
+        f"{label}: {why}"
+        for label, report in reports.items()
+        for why in report["missing"].values()
+    ]
+
+
+def _differing(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """Datasets whose copies differ between nodes, each copy named by the nodes holding it."""
+    copies: dict[str, dict[str, list[str]]] = {}
+    for label, report in reports.items():
+        for name, fingerprint in report["found"].items():
+            copies.setdefault(name, {}).setdefault(fingerprint, []).append(label)
+    return [
+        f"dataset {name!r} differs between nodes ("
+        + "; ".join(f"data {fp} on {', '.join(labels)}" for fp, labels in by_print.items())
+        + ")"
+        for name, by_print in sorted(copies.items())
+        if len(by_print) > 1
+    ]
+
+
+def _data_message(problems: list[str], nodes: int, data_dir: str | None) -> str:
+    where = data_dir or "each node's BENCH_DATA_DIR, else ~/.cache/bench/data"
+    return (
+        f"The datasets are not ready on every Ray node that can run trials ({nodes} checked; "
+        f"nodes do not download): {'; '.join(problems)}. Each node reads the datasets from "
+        f"its own disk, in {where}: put the same dataset files at that path on every node "
+        f"(or mount a shared filesystem there), or pass --data-dir naming a directory that "
+        f"holds them on all nodes."
+    )
