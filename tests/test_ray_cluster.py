@@ -117,3 +117,38 @@ def test_two_nodes_spread_the_grid_and_a_lost_node_s_trial_resumes_on_the_head(c
         f"\nnodes: head {head[:8]}, worker {worker.node_id[:8]}; worker removed at checkpoint epoch {killed['epoch']} "
         f"of {killed['run']}; retried on the head from epoch {resumed['resumed_from']}; all {EPOCHS} epochs identical"
     )
+
+
+class RefusingStore(EmbeddedStore):
+    """A store where another grid claims ``taken`` between this grid's plan and its start."""
+
+    taken = ""
+
+    def claim_run(self, run_id: str, fields: dict, **kwargs: Any) -> bool:
+        if run_id == self.taken:
+            return False
+        return super().claim_run(run_id, fields, **kwargs)
+
+
+def test_a_trial_claimed_by_another_grid_meanwhile_does_not_train_on_ray(tmp_path: Path, monkeypatch) -> None:
+    import bench.grid.ray_executor as adapter
+
+    spec_path = tmp_path / "cluster.yaml"
+    spec_path.write_text(textwrap.dedent(SPEC).replace(f"epochs: {EPOCHS}", "epochs: 2"))
+    spec = load_spec(str(spec_path))
+    taken, free = (t.trial_id for t in spec.expand())
+    reported: dict[str, list[str]] = {}
+    forward = adapter.StoreCallback.on_trial_result
+
+    def seen(self, iteration, trials, trial, result, **info):  # what each trial reported to Tune
+        reported.setdefault(trial.config["trial_id"], []).append(result.get("event"))
+        return forward(self, iteration, trials, trial, result, **info)
+
+    monkeypatch.setattr(adapter.StoreCallback, "on_trial_result", seen)
+    with RefusingStore(tmp_path / "s.sqlite") as store:
+        store.taken = taken
+        outcome = run_study(spec, store, GridOptions(executor="ray"))
+        assert outcome.counts["skipped"] == 1 and outcome.counts["completed"] == 1
+        assert store.get_metrics(taken) == [] and len(store.get_metrics(free)) == 2
+    assert reported[taken] == ["start"]  # stopped where it said where it runs: it never trained
+    assert reported[free] == ["start", "epoch", "checkpoint", "epoch", "checkpoint", "final"]
