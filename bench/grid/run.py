@@ -127,12 +127,14 @@ def run_study(
     ``progress_factory(plan, phase)``, phase ``"grid"`` then ``"tuning"``, is called before
     each round runs and returns a context manager that gives what shows its progress.
     """
+    on_cluster = False
     if options.executor == "ray":
         from bench.grid.cluster import check_address
 
-        check_address(options.address)  # a wrong or unreachable address costs nothing: nothing is written yet
+        # a wrong or unreachable address costs nothing: nothing is written yet
+        on_cluster = check_address(options.address) is not None
     first = plan(spec, store, stale_after=stale_after, keep_old=keep_old, data_dir=options.data_dir)
-    if first.todo and not options.address:  # a cluster's nodes have their own data directories
+    if first.todo and not on_cluster:  # on a cluster, each node is checked for its own data (ray_executor)
         check_datasets(first.todo, options.data_dir)
     outcome = StudyRun(first, {}, len(first.todo))
     outcome.counts = _run_round(first, "grid", store, options, progress_factory, outcome.write_errors)
