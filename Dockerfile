@@ -1,6 +1,6 @@
-# bench: one image for the CLI driver, the Ray head and the Ray workers.
-# Every container built from it carries the same Python, Ray, torch and bench
-# versions, which Ray requires between the driver and the cluster.
+# bench: one image for the CLI, the Ray head (which also runs the grid's
+# driver) and the Ray workers. Every container built from it carries the same
+# Python, Ray, torch and bench versions, which Ray requires across a cluster.
 #
 # CPU build (default):
 #   docker build -t bench:cpu .
@@ -8,7 +8,7 @@
 # CUDA build: the PyTorch CUDA wheels bundle the CUDA runtime libraries, so the
 # default Python base works; the host needs an NVIDIA driver recent enough for
 # the chosen CUDA version and the NVIDIA Container Toolkit (run with --gpus all,
-# or a `deploy.resources.reservations.devices` entry in compose).
+# or docker-compose.gpu.yml with compose).
 #   docker build \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 \
 #     -t bench:cu130 .
@@ -58,11 +58,12 @@ COPY pyproject.toml README.md* ./
 RUN python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 
-# Cluster extras at exactly the Ray version the project resolved:
-# `client` (grpcio) serves and uses ray:// addresses, `default` provides the
-# dashboard and the cluster agents started by `ray start`.
+# Cluster extras at exactly the Ray version the project resolved: `default`
+# provides the dashboard, job submission (`ray job submit`) and the cluster
+# agents started by `ray start`. No `client` extra: the grid's driver runs
+# inside the cluster, never through Ray Client (ray://).
 RUN RAY_VERSION="$(python3 -c 'import ray; print(ray.__version__)')" \
-    && pip install --no-cache-dir "ray[tune,client,default]==${RAY_VERSION}"
+    && pip install --no-cache-dir "ray[tune,default]==${RAY_VERSION}"
 
 # The package, and the studies it ships: setup.py maps ablations/ into it as
 # bench/studies, so the image runs them from any directory.

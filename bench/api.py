@@ -65,15 +65,26 @@ def run_study(
     address: str | None = None,
     data_dir: str | None = None,
     device: str | None = None,
+    retries: int = 1,
+    keep_checkpoints: bool = False,
     report_dir: str | Path | None = "reports",
 ) -> StudyRun:
     """Runs every trial of a study not yet finished in the store, its tuning round, and
-    writes its report into ``report_dir`` (None: no report). Returns the counts."""
+    writes its report into ``report_dir`` (None: no report). Returns the counts. Trials
+    checkpoint every epoch; on Ray one whose worker or node is lost is retried ``retries``
+    times from its checkpoint; ``keep_checkpoints`` keeps final weights (run ``artifacts``)."""
     from bench.grid import GridOptions, run_study as run
     from bench.spec import StudySpec
 
     spec = study if isinstance(study, StudySpec) else load_study(study, profile=profile, overrides=overrides)
-    options = GridOptions(executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device)
+    from bench.errors import BenchError
+
+    if retries < 0:
+        raise BenchError(f"retries must be 0 or more; got {retries}.")
+    options = GridOptions(
+        executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device, retries=retries,
+        keep_checkpoints=keep_checkpoints,
+    )
     with opened(store) as handle:
         return run(spec, handle, options, report_dir=report_dir)
 

@@ -73,6 +73,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: running trials are marked interrupted on the way out."""
 
 
+_SIGTERM_RECEIVED = threading.Event()
+
+
 @contextmanager
 def terminable() -> Iterator[None]:
     """While a command trains: SIGTERM raises :class:`Terminated` in the main thread."""
@@ -81,8 +84,10 @@ def terminable() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
+        _SIGTERM_RECEIVED.set()  # code that turns the exception into a plain KeyboardInterrupt (Ray's) loses its type
         raise Terminated()
 
+    _SIGTERM_RECEIVED.clear()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
@@ -100,10 +105,10 @@ def guarded(func: F) -> F:
         except BenchError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
-        except Terminated:
-            err_console.print("[yellow]Terminated.[/] Run the same command again to resume: finished trials are kept.")
-            raise typer.Exit(143) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated) or _SIGTERM_RECEIVED.is_set():
+                err_console.print("[yellow]Terminated.[/] Run the same command again to resume: finished trials are kept.")
+                raise typer.Exit(143) from None
             err_console.print("[yellow]Interrupted.[/] Run the same command again to resume: finished trials are kept.")
             raise typer.Exit(130) from None
 
@@ -289,6 +294,10 @@ def grid(
         return
     from bench.grid.run import run_study
 
+    if executor == "ray":
+        from bench.grid.cluster import check_address
+
+        check_address(address)  # a wrong address is refused before the store is opened (or created)
     with _store(ctx) as store, terminable():
         outcome = run_study(
             spec, store, options, stale_after=stale_after, keep_old=keep_old_results,

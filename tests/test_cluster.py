@@ -447,3 +447,28 @@ def test_a_node_that_does_not_answer_is_named(two_nodes, data, monkeypatch):
     message = str(caught.value)
     assert f"node {two_nodes.worker.node_id[:8]}" in message and "did not answer within 3 s" in message
     assert two_nodes.head.node_id[:8] not in message
+
+
+@pytest.mark.ray
+def test_storage_seen_by_every_node_passes(two_nodes, tmp_path):
+    cluster_mod.check_nodes_share_storage(str(tmp_path / "ray"))
+    assert list((tmp_path / "ray").iterdir()) == []  # the marker is removed
+    cluster_mod.check_nodes_share_storage("s3://bucket/bench")  # a URI: shared by nature, not checked
+
+
+@pytest.mark.ray
+def test_storage_one_node_cannot_see_is_named(two_nodes, tmp_path, monkeypatch):
+    worker_dir = str(two_nodes.dirs.worker)
+
+    def blind_worker(path):  # nested, so Ray ships it by value: the worker node reads nothing
+        import os
+        from pathlib import Path
+
+        return os.environ.get("BENCH_DATA_DIR") != worker_dir and Path(path).read_text() == Path(path).name
+
+    monkeypatch.setattr(cluster_mod, "_reads_marker", blind_worker)
+    with pytest.raises(BenchError) as caught:
+        cluster_mod.check_nodes_share_storage(str(tmp_path / "ray"))
+    message = str(caught.value)
+    assert f"node {two_nodes.worker.node_id[:8]}" in message and two_nodes.head.node_id[:8] not in message
+    assert "BENCH_RAY_DIR" in message and "NFS" in message and "s3://" in message

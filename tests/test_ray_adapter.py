@@ -33,6 +33,7 @@ def no_ray(monkeypatch):
     calls = {}
     monkeypatch.setattr(adapter, "connect", lambda address, runtime_env=None: calls.setdefault("address", address) or True)
     monkeypatch.setattr(adapter, "check_nodes_have_data", lambda datasets, data_dir: calls.setdefault("nodes", datasets))
+    monkeypatch.setattr(adapter, "check_nodes_share_storage", lambda storage: calls.setdefault("storage", storage))
     monkeypatch.setattr(adapter.ray, "shutdown", lambda: calls.setdefault("shutdown", True))
     monkeypatch.setattr(adapter.tune, "Tuner", FakeTuner)
     return calls
@@ -45,6 +46,7 @@ def test_resources_concurrency_retries_and_address_reach_ray(no_ray, monkeypatch
     adapter.run_with_tune(trials, Recorder(NullStore(), "s", 3), options)
     assert no_ray["address"] == "10.0.0.5:6379" and no_ray["shutdown"]
     assert no_ray["nodes"] == ["synthetic"]  # on a cluster, every node is checked for the data first
+    assert no_ray["storage"] == adapter.ray_storage()  # and for Tune's storage
     request = FakeTuner.seen["trainable"]._resources
     assert request.bundles == [{"CPU": 2.0, "GPU": 0.25}]
     assert FakeTuner.seen["tune"].max_concurrent_trials == 3

@@ -152,3 +152,44 @@ def test_a_trial_claimed_by_another_grid_meanwhile_does_not_train_on_ray(tmp_pat
         assert store.get_metrics(taken) == [] and len(store.get_metrics(free)) == 2
     assert reported[taken] == ["start"]  # stopped where it said where it runs: it never trained
     assert reported[free] == ["start", "epoch", "checkpoint", "epoch", "checkpoint", "final"]
+
+
+def test_a_ray_grid_stopped_mid_trial_resumes_in_the_next_grid_from_its_checkpoint(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    spec_path = tmp_path / "cluster.yaml"
+    spec_path.write_text(textwrap.dedent(SPEC).replace("norm: [bn, gn]", "norm: [bn]"))
+    (trial,) = load_spec(str(spec_path)).expand()
+    store_path = tmp_path / "s.sqlite"
+    command = [sys.executable, "-m", "bench.cli", "--store", str(store_path), "grid", str(spec_path), "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, at = time.monotonic() + 180, 0
+        while at < 3 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+            try:
+                with EmbeddedStore(store_path, read_only=True) as store:
+                    at = ((store.get_run(trial.trial_id) or {}).get("checkpoint") or {}).get("epoch") or 0
+            except StoreError:
+                pass
+        assert at >= 3, "the trial never checkpointed epoch 2"
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 143
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    with EmbeddedStore(store_path) as store:
+        stopped = store.get_run(trial.trial_id)
+        assert stopped["status"] == "interrupted" and stopped["checkpoint"]["epoch"] >= 3
+        outcome = run_study(load_spec(str(spec_path)), store, GridOptions(executor="ray"))
+        run = store.get_run(trial.trial_id)
+        assert outcome.counts["completed"] == 1
+        assert run["history"][-1]["outcome"] == "completed"
+        assert run["history"][-1]["resumed_from"] >= stopped["checkpoint"]["epoch"]
+        assert [m["epoch"] for m in sorted(store.get_metrics(trial.trial_id), key=lambda m: m["epoch"])] == list(
+            range(1, EPOCHS + 1)
+        )

@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,7 +61,7 @@ NODE_TIMEOUT = 60.0
 _SUPPORTED_WAYS = (
     "run the driver inside the cluster: on the head node "
     "(`bench grid STUDY --address auto`) or as a Ray job (`ray job submit --address "
-    "http://HEAD:8265 --working-dir . -- bench grid STUDY`), writing to MongoDB "
+    "http://HEAD:8265 -- bench grid STUDY --address auto`), writing to MongoDB "
     "(BENCH_MONGO_URI) or to the embedded store on the driver's disk"
 )
 
@@ -253,7 +255,7 @@ def connect(
     else:
         target = "auto" if _effective_address(address) == "auto" else canonical
     try:
-        with _one_gcs_attempt(joining=canonical is not None):
+        with _one_gcs_attempt(joining=canonical is not None), _sigterm_kept():
             ray.init(
                 address=target,
                 runtime_env=runtime_env,
@@ -277,6 +279,20 @@ def connect(
             f"healthy (`ray status` there)."
         ) from None
     return True
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """``ray.init`` replaces the SIGTERM handler with one that exits the process (and its
+    core worker's crash handler then aborts it); the handler this process had (``bench``'s
+    own: SIGTERM stops a grid like Ctrl-C, marking its trials interrupted) is put back."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -384,23 +400,65 @@ def check_nodes_have_data(datasets: list[str], data_dir: str | None) -> None:
     needed = sorted({name for name in datasets if dataset_source(name).needs_files})
     if not needed:
         return
+    nodes, reports, problems = _on_every_node(_data_on_this_node, needed, data_dir, loaded())
+    if not nodes:
+        log.warning("No Ray node can run trials yet; the datasets were not checked on the nodes.")
+        return
+    for label, report in reports.items():
+        problems += [f"{label}: {why}" for why in report["missing"].values()]
+    problems += _differing(reports)
+    if problems:
+        raise BenchError(_data_message(problems, len(nodes), data_dir))
+
+
+def check_nodes_share_storage(storage: str) -> None:
+    """Every live node that can run trials sees the directory ``storage`` (Tune's storage,
+    ``BENCH_RAY_DIR``) as the driver does: a trial retried on another node resumes from a
+    checkpoint there. The driver writes a marker file with a fresh token; each node must
+    read it back. A cloud URI (``s3://…``) is shared by nature and not checked."""
+    if "://" in storage:
+        return
+    marker = Path(storage) / f".bench-shared-{uuid.uuid4().hex}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(marker.name)
+    try:
+        nodes, reports, problems = _on_every_node(_reads_marker, str(marker))
+    finally:
+        marker.unlink(missing_ok=True)
+    problems += [label for label, seen in reports.items() if not seen]
+    if problems:
+        raise BenchError(
+            f"The Ray storage directory {storage} (BENCH_RAY_DIR) is not shared with every node that can run "
+            f"trials ({len(nodes)} checked): {'; '.join(problems)} cannot see what the driver writes there. Trials "
+            f"checkpoint there, and a trial retried on another node resumes from it. Set BENCH_RAY_DIR to a "
+            f"directory every node mounts at the same path (NFS), or to a cloud URI such as s3://BUCKET/bench."
+        )
+
+
+def _reads_marker(path: str) -> bool:
+    """Runs on one node: whether it reads the driver's marker file."""
+    try:
+        return Path(path).read_text() == Path(path).name
+    except OSError:
+        return False
+
+
+def _on_every_node(fn: Any, *args: Any) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Runs ``fn(*args)`` once on every live node that can run trials, pinned to it; the
+    nodes, each node's answer by label, and the nodes that did not answer (within
+    :data:`NODE_TIMEOUT`) or could not run it."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = _trial_nodes()
-    if not nodes:
-        log.warning("No Ray node can run trials yet; the datasets were not checked on the nodes.")
-        return
     # No CPU asked: the check must not wait behind other work on a busy node.
-    task = ray.remote(num_cpus=0, max_retries=0)(_data_on_this_node)
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
     pending = {
-        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-            needed, data_dir, loaded()
-        ): n
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args): n
         for n in nodes
     }
-    ready = set(ray.wait(list(pending), num_returns=len(pending), timeout=NODE_TIMEOUT)[0])
-    reports: dict[str, dict[str, Any]] = {}
+    ready = set(ray.wait(list(pending), num_returns=len(pending), timeout=NODE_TIMEOUT)[0]) if pending else set()
+    answers: dict[str, Any] = {}
     problems: list[str] = []
     for ref, node in pending.items():  # in ray.nodes() order
         label = _label(node)
@@ -412,14 +470,10 @@ def check_nodes_have_data(datasets: list[str], data_dir: str | None) -> None:
             )
             continue
         try:
-            reports[label] = ray.get(ref)
+            answers[label] = ray.get(ref)
         except ray.exceptions.RayError as exc:
             problems.append(f"{label} could not run the check ({_first_line(exc)})")
-            continue
-        problems += [f"{label}: {why}" for why in reports[label]["missing"].values()]
-    problems += _differing(reports)
-    if problems:
-        raise BenchError(_data_message(problems, len(nodes), data_dir))
+    return nodes, answers, problems
 
 
 def _trial_nodes() -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
-from bench.grid.cluster import check_nodes_have_data, connect, node_identity
+from bench.grid.cluster import check_nodes_have_data, check_nodes_share_storage, connect, node_identity
 from bench.spec import TrialConfig
 from bench.store.base import FINISHED_STATUSES, runs_by_id
 from bench.trial import TrialResult, run_trial
@@ -239,8 +239,9 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
 
     started = connect(options.address, runtime_env=_runtime_env())
     try:
-        if options.address or os.environ.get("RAY_ADDRESS"):
+        if options.address or os.environ.get("RAY_ADDRESS"):  # a cluster: what every node must see
             check_nodes_have_data(sorted({c.dataset for c in todo}), _absolute(options.data_dir))
+            check_nodes_share_storage(ray_storage())
         trainable = tune.with_resources(
             tune.with_parameters(
                 _trainable, configs=configs, data_dir=_absolute(options.data_dir), device=options.device,
