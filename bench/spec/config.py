@@ -29,6 +29,7 @@ from bench.zoo.optimizers import WEIGHT_DECAY_MODES
 from bench.zoo.registry import REGISTRIES, Option, on_register
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 # The options every trial reads (``when``: only while that bool field is true). The fields
 # named like a registry (dataset, augment, arch, norm, conv, optimizer, schedule) choose
@@ -74,6 +75,11 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
            ge=0, le=2**32 - 1),
     Option("diverge_factor", float, 10.0, "divergence: a loss NaN/inf or above this × the first step's loss", gt=1),
     Option("log_steps", bool, False, "record every optimizer step and the run's stability metrics"),
+    # numerics and speed (part of the trial id: they change the numbers)
+    Option("precision", str, "fp32", "autocast precision of forward and loss (fp16 adds a gradient scaler)",
+           choices=PRECISIONS),
+    Option("channels_last", bool, False, "the model and image batches in channels-last memory format"),
+    Option("compile", bool, False, "torch.compile the model (inductor; the first steps compile it)"),
 )
 
 

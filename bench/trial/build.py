@@ -57,6 +57,20 @@ def check_device(device: str, *, available: bool = True) -> torch.device:
     return chosen
 
 
+def autocast(config: TrialConfig, device: torch.device) -> Any:
+    """The config's precision for forward passes and the loss: ``torch.autocast`` to bf16
+    or fp16, a no-op context for fp32."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    return torch.autocast(device.type, dtype=dtypes.get(config.precision, torch.float32),
+                          enabled=config.precision in dtypes)
+
+
+def grad_scaler(config: TrialConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs its loss scaled so small gradients do not underflow (bf16 has fp32's
+    range and needs none); None otherwise."""
+    return torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -281,4 +281,7 @@ def deferred_signals(enabled: bool = True) -> Iterator[SignalGate]:
         yield gate
     finally:
         if active:
+            held, gate.received = gate.received, None
             gate.close()
+            if held is not None:  # training ended (diverged) before a step boundary delivered it
+                signal.raise_signal(held)

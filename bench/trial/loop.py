@@ -34,11 +34,13 @@ from bench.metrics import declared_summary
 from bench.provenance import environment
 from bench.spec import TrialConfig
 from bench.trial.build import (
+    autocast,
     build_augment,
     build_model,
     build_optimizer,
     build_schedule,
     conv_kind,
+    grad_scaler,
     pick_device,
     seed_everything,
     steps_per_epoch,
@@ -94,12 +96,15 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, channels_last: bool = False) -> tuple[float, float]:
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for i in range(0, len(x), EVAL_BATCH):
-        logits = model(x[i : i + EVAL_BATCH])
+        batch = x[i : i + EVAL_BATCH]
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        logits = model(batch)
         target = y[i : i + EVAL_BATCH]
         loss_sum += F.cross_entropy(logits, target, reduction="sum")
         correct += (logits.argmax(1) == target).sum()
@@ -159,6 +164,8 @@ def _train(
     result.env["data"] = data.fingerprint
     data = data.to(device)
     model = build_model(config, dataset_source(config.dataset)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     steps = steps_per_epoch(config, len(data.train_x))
     if steps < 1:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data.train_x)} training images.")
@@ -187,6 +194,11 @@ def _train(
         if steplog is not None and state["series"] is not None:
             steplog.series = state["series"]
         result.resumed_from = pos.epoch
+    forward = torch.compile(model) if config.compile else model  # checkpoints hold the model's own state
+    precision = autocast(config, device)
+    scaler = grad_scaler(config, device)
+    watch = DivergenceWatch(config.diverge_factor, device)
+    watch.first_loss = pos.first_loss
 
     def save(at: Position) -> None:
         if checkpoints is not None:
@@ -195,6 +207,16 @@ def _train(
                 at, identity=identity, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
                 epochs=result.epochs, series=series,
             ))
+
+    def diverged(epoch: int, found: tuple[int, float]) -> None:
+        step, loss = found
+        result.status = "diverged"
+        summary.update(diverged_step=step, diverged_epoch=epoch, diverged_loss=loss if math.isfinite(loss) else None)
+        summary.update(_final(result.epochs, pos.best_val, step, pos.train_seconds, device))
+        if steplog is not None:
+            steplog.truncate(step)  # the steps a lazy check let run past the diverging one
+        _close_steplog(steplog, config, summary)
+        _finish(checkpoints, None, result)
 
     with deferred_signals(enabled=checkpoints is not None) as signals:
         while pos.epoch <= config.epochs:
@@ -214,44 +236,55 @@ def _train(
             assert sums is not None
             for i in range(pos.offset, steps):
                 if signals.requested:  # checkpoint here, at a step boundary, then stop
+                    if (found := watch.check()) is not None:
+                        return diverged(epoch, found)
                     _sync(device)
-                    pos.offset, pos.seconds = i, pos.seconds + time.perf_counter() - t0
+                    pos.offset, pos.seconds, pos.first_loss = i, pos.seconds + time.perf_counter() - t0, watch.first_loss
                     if steplog is not None:
                         steplog.flush()
                     save(pos)
                     signals.deliver()
                 idx = pos.order[i * config.batch_size : (i + 1) * config.batch_size]
                 x, target = augment(data.train_x[idx], data.train_y[idx], gen)
-                logits = model(x)
-                loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+                if config.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with precision:
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # the gradient norm and clipping see the true gradients
+                else:
+                    loss.backward()
                 grad_norm = gradient_norm(params)
                 if config.agc_clip > 0:
                     clip_gradients(model, config.agc_clip)
-                value = loss.item()
-                if pos.first_loss is None:
-                    pos.first_loss = value
+                loss = loss.detach()
+                watch.see(pos.step, loss)
                 hits = (logits.argmax(1) == target_classes(target)).sum()
                 if steplog is not None:
-                    steplog.record(pos.step, epoch, value, hits, len(idx), grad_norm, optimizer.param_groups[0]["lr"])
-                if not math.isfinite(value) or value > config.diverge_factor * max(pos.first_loss, 1e-8):
-                    result.status = "diverged"
-                    summary.update(diverged_step=pos.step, diverged_epoch=epoch, diverged_loss=value if math.isfinite(value) else None)
-                    summary.update(_final(result.epochs, pos.best_val, pos.step, pos.train_seconds, device))
-                    _close_steplog(steplog, config, summary)
-                    _finish(checkpoints, None, result)
-                    return
-                optimizer.step()
+                    steplog.record(pos.step, epoch, loss, hits, len(idx), grad_norm, optimizer.param_groups[0]["lr"])
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
                 pos.step += 1
-                sums["loss"] += loss.detach()
+                sums["loss"] += loss
                 sums["grad"] += grad_norm.detach()
                 sums["correct"] += hits
+                if watch.due() and (found := watch.check()) is not None:
+                    return diverged(epoch, found)
+            if (found := watch.check()) is not None:  # the epoch's last steps, before it is evaluated
+                return diverged(epoch, found)
+            pos.first_loss = watch.first_loss
             _sync(device)
             seconds = pos.seconds + time.perf_counter() - t0
             pos.train_seconds += seconds
-            val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+            with precision:
+                val_loss, val_acc = evaluate(forward, data.val_x, data.val_y, channels_last=config.channels_last)
             pos.best_val = max(pos.best_val, val_acc)
             metrics = {
                 "epoch": epoch,
@@ -279,6 +312,59 @@ def _train(
     summary.update(_final(result.epochs, pos.best_val, pos.step, pos.train_seconds, device))
     _close_steplog(steplog, config, summary)
     _finish(checkpoints, model, result)
+
+
+CHECK_EVERY = 32  # optimizer steps between host checks for divergence (and at every epoch's end)
+
+
+class DivergenceWatch:
+    """Divergence, found without a host synchronisation per step.
+
+    The loop hands each step's loss (a 0-d tensor, left on the device) to :meth:`see`;
+    every :data:`CHECK_EVERY` steps and at each epoch's end, :meth:`check` stacks the
+    steps seen since the last check and copies one answer to the host: the first step
+    whose loss is NaN/inf or above ``factor`` × the first step's loss, with that loss. On
+    an accelerator the host thus queues up to ``CHECK_EVERY`` steps ahead; training stops
+    at most that many steps after a divergence, and the step and loss it reports are the
+    exact ones (the comparison is made in float64, as on the host, except on MPS, which
+    has none)."""
+
+    def __init__(self, factor: float, device: torch.device) -> None:
+        self.factor = factor
+        self.first_loss: float | None = None  # the first step's loss, known after the first check
+        self._steps: list[int] = []
+        self._losses: list[torch.Tensor] = []
+        self._dtype = torch.float32 if device.type == "mps" else torch.float64
+
+    def see(self, step: int, loss: torch.Tensor) -> None:
+        self._steps.append(step)
+        self._losses.append(loss)
+
+    def due(self) -> bool:
+        return len(self._steps) >= CHECK_EVERY
+
+    def check(self) -> tuple[int, float] | None:
+        """The first diverging step seen since the last check, and its loss; None when there is none."""
+        if not self._steps:
+            return None
+        losses = torch.stack(self._losses).to(self._dtype)
+        if self.first_loss is None:  # this window starts the run: its first loss sets the bar
+            first = losses[0]
+            bar = self.factor * torch.clamp(first, min=1e-8)
+        else:
+            first, bar = None, self.factor * max(self.first_loss, 1e-8)
+        bad = ~torch.isfinite(losses) | (losses > bar)
+        # torch.argmax gives the first of equal maxima: the first diverging step
+        found = [bad.any(), bad.to(losses.dtype).argmax()] + ([first] if first is not None else [])
+        answer = torch.stack([t.to(losses.dtype) for t in found]).tolist()  # the one copy to the host
+        if first is not None:
+            self.first_loss = answer[2]
+        steps, values = self._steps, losses
+        self._steps, self._losses = [], []
+        if not answer[0]:
+            return None
+        index = int(answer[1])
+        return steps[index], float(values[index])
 
 
 def _resumable(checkpoints: Checkpoints | None, identity: dict[str, Any]) -> dict[str, Any] | None:

@@ -5,8 +5,7 @@ gradient norm (all parameters, before any clipping), the gradient norm of the fi
 (the one that sees the pixels: a ViT's patch projection, whose gradient MoCo v3 watches)
 and the learning rate the step used. Values stay on the device as 0-d tensors and are
 copied to the host once per flush (once per epoch, and at divergence), so the
-instrumentation adds no synchronisation per step beyond the one the loss check already
-makes.
+instrumentation adds no synchronisation per step (the loop makes none either).
 
 At the end of the run :meth:`StepLog.stability` turns the whole series into the run's
 stability metrics (:mod:`bench.trial.spikes`), which go into the run's summary; the report
@@ -47,28 +46,36 @@ class StepLog:
     def __init__(self, report: StepReport, first_layer: nn.Module) -> None:
         self.report = report
         self.first_params = list(first_layer.parameters())
-        self._pending: list[tuple[int, int, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]] = []
+        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]] = []
         self.series: dict[str, list[float | None]] = {"step": [], **{name: [] for name in STEP_FIELDS}}
 
     def record(
-        self, step: int, epoch: int, loss: float, correct: torch.Tensor, batch: int, global_norm: torch.Tensor | None, lr: float
+        self, step: int, epoch: int, loss: torch.Tensor | float, correct: torch.Tensor, batch: int,
+        global_norm: torch.Tensor | None, lr: float,
     ) -> None:
-        """One step: ``loss`` already on the host, ``correct`` the batch's correct count."""
+        """One step: ``loss`` a 0-d tensor on the device (or a number), ``correct`` the
+        batch's correct count. Nothing is copied to the host here."""
         first = grad_norm(self.first_params)
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
         self._pending.append((step, epoch, loss, correct.detach() / batch, global_norm, first, lr))
+
+    def truncate(self, last_step: int) -> None:
+        """Drops the pending records after ``last_step`` (steps a lazy divergence check
+        let run past the diverging one)."""
+        self._pending = [p for p in self._pending if p[0] <= last_step]
 
     def flush(self) -> None:
         if not self._pending:
             return
         # one device→host copy for the whole block
-        tensors = [t for (_, _, _, acc, g, f, _) in self._pending for t in (acc, g, f) if t is not None]
-        values = iter(torch.stack([t.float() for t in tensors]).tolist()) if tensors else iter(())
+        tensors = [t for (_, _, loss, acc, g, f, _) in self._pending for t in (loss, acc, g, f) if t is not None]
+        values = iter(torch.stack([t.float().to(tensors[0].device) for t in tensors]).tolist())
         records = []
-        for step, epoch, loss, acc, g, f, lr in self._pending:
+        for step, epoch, _loss, acc, g, f, lr in self._pending:
             record = {
                 "step": step,
                 "epoch": epoch,
-                "loss": loss,
+                "loss": next(values),
                 "acc": next(values),
                 "grad_norm": next(values) if g is not None else None,
                 "first_grad_norm": next(values) if f is not None else None,
