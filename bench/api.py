@@ -60,7 +60,7 @@ def run_study(
     store: Any = None,
     executor: str = "ray",
     cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
+    gpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
     address: str | None = None,
     data_dir: str | None = None,

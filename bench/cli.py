@@ -238,7 +238,11 @@ def grid(
     sets: SetOption = None,
     executor: Annotated[str, typer.Option(help="ray (Ray Tune) or local (in this process, one at a time).")] = "ray",
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs each trial reserves (and its torch threads).")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs each trial reserves; fractions share a GPU.")] = 0.0,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(help="GPUs each trial reserves; fractions share a GPU (default: 0.25 when the Ray cluster has "
+                          "GPUs, else 0)."),
+    ] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="At most this many trials at once.")] = None,
     address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.", show_envvar=True)
@@ -307,16 +311,19 @@ def grid(
     _print_outcome(outcome, _grid_command() or f"bench grid {study}")
 
 
-def _check_grid_flags(stale_after: float, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> None:
+def _check_grid_flags(
+    stale_after: float, cpus_per_trial: float, gpus_per_trial: float | None, max_concurrent: int | None
+) -> None:
     import math
 
     if not math.isfinite(stale_after) or stale_after < 0:
         raise BenchError(
             f"--stale-after must be a finite number of seconds ≥ 0 (0: every running trial counts as abandoned); got {stale_after}."
         )
-    if not (math.isfinite(cpus_per_trial) and math.isfinite(gpus_per_trial)):
+    gpus = 0.0 if gpus_per_trial is None else gpus_per_trial
+    if not (math.isfinite(cpus_per_trial) and math.isfinite(gpus)):
         raise BenchError(f"--cpus-per-trial and --gpus-per-trial must be finite numbers; got {cpus_per_trial} and {gpus_per_trial}.")
-    if cpus_per_trial <= 0 or gpus_per_trial < 0 or (max_concurrent is not None and max_concurrent < 1):
+    if cpus_per_trial <= 0 or gpus < 0 or (max_concurrent is not None and max_concurrent < 1):
         raise BenchError(
             "--cpus-per-trial must be > 0, --gpus-per-trial ≥ 0 (fractions share a GPU) and --max-concurrent ≥ 1; "
             f"got {cpus_per_trial}, {gpus_per_trial}, {max_concurrent}."

@@ -35,6 +35,7 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(adapter, "check_nodes_have_data", lambda datasets, data_dir: calls.setdefault("nodes", datasets))
     monkeypatch.setattr(adapter, "check_nodes_share_storage", lambda storage: calls.setdefault("storage", storage))
     monkeypatch.setattr(adapter.ray, "shutdown", lambda: calls.setdefault("shutdown", True))
+    monkeypatch.setattr(adapter.ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(adapter.tune, "Tuner", FakeTuner)
     return calls
 
@@ -125,3 +126,12 @@ def test_callback_forwards_events_and_survives_pickling():
     assert recorder.counts["completed"] == 1 and not recorder.active
     # Tune pickles its run config; the copy drops the driver-only recorder
     assert pickle.loads(pickle.dumps(callback)).recorder is None
+
+
+@pytest.mark.parametrize("cluster, expected", [({"CPU": 8.0}, {"CPU": 1.0}), ({"CPU": 8.0, "GPU": 2.0}, {"CPU": 1.0, "GPU": 0.25})])
+def test_gpus_per_trial_by_default_shares_a_gpu_when_the_cluster_has_one(no_ray, monkeypatch, cluster, expected):
+    monkeypatch.setattr(adapter.ray, "cluster_resources", lambda: cluster)
+    adapter.run_with_tune([TrialConfig(dataset="synthetic")], Recorder(NullStore(), "s", 1), GridOptions())
+    assert FakeTuner.seen["trainable"]._resources.bundles == [expected]
+    adapter.run_with_tune([TrialConfig(dataset="synthetic")], Recorder(NullStore(), "s", 1), GridOptions(gpus_per_trial=1))
+    assert FakeTuner.seen["trainable"]._resources.bundles == [{"CPU": 1.0, "GPU": 1.0}]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.grid.cluster import check_nodes_have_data, check_nodes_share_storage, connect, node_identity
+from bench.grid.options import AUTO_GPUS_PER_TRIAL
 from bench.spec import TrialConfig
 from bench.store.base import FINISHED_STATUSES, runs_by_id
 from bench.trial import TrialResult, run_trial
@@ -247,7 +248,7 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
                 _trainable, configs=configs, data_dir=_absolute(options.data_dir), device=options.device,
                 plugins=loaded(), keep=options.keep_checkpoints, resume=resume,
             ),
-            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+            {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial(options)},
         )
         tuner = tune.Tuner(
             trainable,
@@ -267,6 +268,15 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
     finally:
         if started:
             ray.shutdown()
+
+
+def gpus_per_trial(options: GridOptions) -> float:
+    """The GPUs each trial reserves: the option when given; else, on a cluster with GPUs,
+    :data:`~bench.grid.options.AUTO_GPUS_PER_TRIAL` (without a reservation Ray hides the
+    GPUs from a trial, which would then train on the CPU), and none without GPUs."""
+    if options.gpus_per_trial is not None:
+        return options.gpus_per_trial
+    return AUTO_GPUS_PER_TRIAL if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def ray_storage() -> str:

@@ -54,8 +54,10 @@ from bench.store.base import (
     prepare_study,
     unique_ids,
 )
+from bench.store import flat
+from bench.store.base import ID_CHUNK
 from bench.store.journal import Journal, embedded_journal_path
-from bench.store.query import compile_filter, compile_sort, json_path
+from bench.store.query import compile_filter, compile_sort, filter_paths, json_path
 from bench.store.steps import prepare_steps
 
 log = logging.getLogger(__name__)
@@ -99,11 +101,26 @@ _SCHEMA = [
     "doc TEXT NOT NULL, PRIMARY KEY (run_id, step)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, doc TEXT NOT NULL)",
     *_index_statements(),
+    # Flat rows (bench/store/flat.py), derived from the documents in the same transaction:
+    # `seq` is the run's rowid in `runs` (find_runs' order), `keys` its KEY_FIELDS.
+    "CREATE TABLE IF NOT EXISTS flat_shapes (id INTEGER PRIMARY KEY, spec TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS flat_texts (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS runs_flat (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, keys TEXT NOT NULL, "
+    "shape INTEGER NOT NULL, nums BLOB NOT NULL, text TEXT, env TEXT) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS metrics_flat (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, shape INTEGER NOT NULL, "
+    "nums BLOB NOT NULL, text TEXT, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
 ]
 
-#: Layouts this version opens: 0 is a new file, 1 lacks the steps table. Every schema
-#: statement is idempotent, so upgrading is running them all once.
-_UPGRADABLE = (0, 1)
+FILE_VERSION = 3
+"""Layout of the SQLite file (``PRAGMA user_version``): 1 runs, metrics, studies; 2 steps;
+3 flat rows (``runs_flat``, ``metrics_flat``, ``flat_shapes``, ``flat_texts``) and ``meta``. The documents
+inside follow :data:`~bench.store.base.SCHEMA_VERSION`."""
+
+#: Layouts this version opens: 0 is a new file, 1 lacks the steps table, 2 the flat rows.
+#: Every schema statement is idempotent, so upgrading is running them all once, then
+#: deriving the flat rows from the documents.
+_UPGRADABLE = (0, 1, 2)
 
 
 @contextmanager
@@ -185,6 +202,8 @@ class EmbeddedStore:
         self._inherited: list[sqlite3.Connection] = []
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
+        self._flat = False  # whether the file keeps flat rows (set when it is opened)
+        self._shapes: dict[int, list[tuple[str, str]]] = {}  # flat_shapes, as read so far
         self._conn = self._connect()
 
     # ------------------------------------------------------------------ connection
@@ -225,11 +244,13 @@ class EmbeddedStore:
             except sqlite3.DatabaseError as exc:
                 conn.close()
                 raise self._error("open", exc) from None
-            if version == 0 or version > SCHEMA_VERSION:
+            if version == 0 or version > FILE_VERSION:
                 conn.close()
                 what = "holds no bench tables" if version == 0 else f"has schema version {version}, newer than this bench"
                 raise StoreError(f"The file {self.location} {what}: it is not a result store this bench can read. "
                                  "Pass --store (or set BENCH_STORE) to name an existing store.")
+            # A file not yet upgraded (a reader never writes) is read from its documents alone.
+            self._flat = version == FILE_VERSION and _flat_version(conn) == flat.FLAT_VERSION
             return conn
         raise StoreError(f"Cannot read the result store {self.location}.")  # pragma: no cover
 
@@ -280,28 +301,32 @@ class EmbeddedStore:
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
+        if version == FILE_VERSION and _flat_version(conn) == flat.FLAT_VERSION:
+            self._flat = True
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            if version > FILE_VERSION:
                 raise StoreError(
                     f"The result store {self.location} has schema version {version}, newer "
-                    f"than this bench supports ({SCHEMA_VERSION}). Upgrade bench, or use "
+                    f"than this bench supports ({FILE_VERSION}). Upgrade bench, or use "
                     "another store file."
                 )
-            if version not in _UPGRADABLE and version != SCHEMA_VERSION:
+            if version not in _UPGRADABLE and version != FILE_VERSION:
                 raise StoreError(
                     f"The result store {self.location} has unknown schema version {version}."
                 )
             for statement in _SCHEMA:
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 0 or _flat_version(conn) != flat.FLAT_VERSION:
+                _rebuild_flat(conn, self.location)
+            conn.execute(f"PRAGMA user_version = {FILE_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._flat = True
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -338,6 +363,20 @@ class EmbeddedStore:
             self._catch_up()
             try:
                 return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(action, exc) from exc
+
+    def _query_together(self, action: str, queries: list[tuple[str, Any]]) -> list[list[tuple]]:
+        """Several queries over one snapshot of the file (one read transaction)."""
+        with self._lock:
+            conn = self._connection()
+            self._catch_up()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return [conn.execute(sql, params).fetchall() for sql, params in queries]
+                finally:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise self._error(action, exc) from exc
 
@@ -490,11 +529,12 @@ class EmbeddedStore:
 
     def _apply_update_runs(self, conn: sqlite3.Connection, args: dict[str, Any]) -> int:
         where, params = compile_filter(args["filter"])
-        rows = conn.execute(f"SELECT id, doc FROM runs WHERE {where}", params).fetchall()
-        conn.executemany(
-            "UPDATE runs SET doc = ? WHERE id = ?",
-            [(dumps(apply_run_update(json.loads(doc), run_id, args["set"], None)), run_id) for run_id, doc in rows],
-        )
+        rows = conn.execute(f"SELECT rowid, id, doc FROM runs WHERE {where}", params).fetchall()
+        docs = [(seq, run_id, apply_run_update(json.loads(doc), run_id, args["set"], None)) for seq, run_id, doc in rows]
+        conn.executemany("UPDATE runs SET doc = ? WHERE id = ?", [(dumps(doc), run_id) for _, run_id, doc in docs])
+        interned = _interned(conn)
+        for seq, run_id, doc in docs:
+            _put_run_flat(conn, seq, run_id, doc, interned)
         return len(rows)
 
     def status_counts(self) -> dict[str, dict[str, int]]:
@@ -538,6 +578,121 @@ class EmbeddedStore:
         where, params = compile_filter(filter)
         return self._query("count runs", f"SELECT count(*) FROM runs WHERE {where}", params)[0][0]
 
+    # ------------------------------------------------------------------ frames
+
+    def runs_frame(self, filter: dict | None = None, *, ids: list[str] | None = None, extra: list[dict] = ()) -> Any:
+        """The runs DataFrame (:func:`bench.store.flat.run_row` per run) of the runs
+        ``find_runs(filter)`` returns, in its order; with ``ids``, of the runs among them as
+        :func:`~bench.store.base.runs_by_id` returns them; then the ``extra`` documents
+        (runs not in the store). Read from the flat rows: no document is decoded."""
+        if not self._flat:
+            from bench.store.base import runs_by_id
+
+            docs = runs_by_id(self, ids) if ids is not None else self.find_runs(filter)
+            return flat.runs_frame_from_docs([*docs, *extra])
+        rows = self._flat_runs("read runs", "id, shape, nums, text", filter, ids)
+        local: dict[str, int] = {}  # texts of the extra rows, by negative ids
+        rows += self._pack_extra(extra, local)
+        run_ids, shapes, blobs, texts = zip(*rows) if rows else ((), (), (), ())
+        return flat.frame_from_packed(
+            shapes, blobs, texts, list(run_ids), self._shape_specs(shapes), self._texts(local), flat.run_frame_columns()
+        )
+
+    def run_envs(self, ids: list[str]) -> list[tuple[str, Any]]:
+        """``(run id, env)`` of the runs among ``ids``, in :func:`~bench.store.base.runs_by_id`'s
+        order (``env`` None where a run has none)."""
+        if not self._flat:
+            from bench.store.base import runs_by_id
+
+            return [(run["_id"], run.get("env")) for run in runs_by_id(self, ids)]
+        decoded: dict[str, Any] = {}  # a study's runs share a few environments
+        out = []
+        for run_id, env in self._flat_runs("read runs", "id, env", None, ids):
+            if env is None:
+                out.append((run_id, None))
+                continue
+            if env not in decoded:
+                decoded[env] = json.loads(env)
+            out.append((run_id, decoded[env]))
+        return out
+
+    def metrics_frame(self, run_ids: list[str]) -> Any:
+        """The per-epoch DataFrame of ``find_metrics(run_ids)`` (by run, then epoch), read
+        from the flat rows."""
+        if not self._flat:
+            return flat.metrics_frame_from_docs(self.find_metrics(run_ids))
+        import numpy as np
+
+        rows: list[tuple] = []
+        runs: list[tuple] = []  # (run id, its number of rows): rows come by run, then epoch
+        for chunk in chunked(unique_ids(run_ids), _IN_CHUNK):
+            marks = ", ".join("?" * len(chunk))
+            found, counts = self._query_together("read metrics", [
+                (f"SELECT shape, nums, text FROM metrics_flat WHERE run_id IN ({marks}) ORDER BY run_id, epoch", chunk),
+                (f"SELECT run_id, count(*) FROM metrics_flat WHERE run_id IN ({marks}) GROUP BY run_id ORDER BY run_id", chunk),
+            ])
+            rows += found
+            runs += counts
+        shapes, blobs, texts = zip(*rows) if rows else ((), (), ())
+        names = np.empty(len(runs), dtype=object)
+        names[:] = [run_id for run_id, _ in runs]
+        owners = np.repeat(names, [count for _, count in runs])
+        return flat.frame_from_packed(
+            shapes, blobs, texts, owners, self._shape_specs(shapes), self._texts({}), flat.METRIC_COLUMNS
+        )
+
+    def _flat_runs(self, action: str, columns: str, filter: dict | None, ids: list[str] | None) -> list[tuple]:
+        if ids is not None:
+            if isinstance(ids, str):
+                raise StoreError("ids must be a list of run ids, not a single string.")
+            rows: list[tuple] = []
+            for chunk in chunked(list(ids), ID_CHUNK):
+                where, params = compile_filter({"_id": {"$in": chunk}})
+                rows += self._query(action, f"SELECT {columns} FROM runs_flat WHERE {where} ORDER BY seq", params)
+            return rows
+        if all(path[0] in flat.KEY_FIELDS for path in filter_paths(filter)):
+            where, params = compile_filter(filter, column="keys")  # a study's runs: no document parsed
+        else:
+            inner, params = compile_filter(filter)
+            where = f"id IN (SELECT id FROM runs WHERE {inner})"
+        return self._query(action, f"SELECT {columns} FROM runs_flat WHERE {where} ORDER BY seq", params)
+
+    def _texts(self, local: dict[str, int]) -> Any:
+        """Text ids → texts: from ``flat_texts``, and the negative ids of ``local``."""
+        by_id = {i: text for text, i in local.items()}
+
+        def texts_of(ids: list[int]) -> dict[int, str]:
+            found = {i: by_id[i] for i in ids if i < 0}
+            stored = [i for i in ids if i >= 0]
+            for chunk in chunked(stored, _IN_CHUNK):
+                found.update(self._query(
+                    "read texts", f"SELECT id, text FROM flat_texts WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                ))
+            return found
+
+        return texts_of
+
+    def _pack_extra(self, docs: list[dict], local: dict[str, int]) -> list[tuple]:
+        rows = []
+        for doc in docs:
+            spec, nums, text = flat.encode(flat.run_row(doc), lambda t: local.setdefault(t, -1 - len(local)), doc.get("_id"))
+            rows.append((doc.get("_id"), spec, nums, text))  # shape given by its spec, not an id
+        return rows
+
+    def _shape_specs(self, shapes: Any) -> dict[Any, list[tuple[str, str]]]:
+        """Shape id (or, for rows not stored, spec text) → ``[(key, kind), ...]``."""
+        wanted = set(shapes)
+        missing = [s for s in wanted if isinstance(s, int) and s not in self._shapes]
+        for chunk in chunked(missing, _IN_CHUNK):
+            for shape_id, spec in self._query(
+                "read row shapes", f"SELECT id, spec FROM flat_shapes WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            ):
+                self._shapes[shape_id] = [(k, kind) for k, kind in json.loads(spec)]
+        specs: dict[Any, list[tuple[str, str]]] = {}
+        for s in wanted:
+            specs[s] = self._shapes[s] if isinstance(s, int) else [(k, kind) for k, kind in json.loads(s)]
+        return specs
+
     # ------------------------------------------------------------------ metrics
 
     def upsert_metrics(self, docs: list[dict]) -> None:
@@ -553,6 +708,7 @@ class EmbeddedStore:
             "ON CONFLICT (run_id, epoch) DO UPDATE SET doc = excluded.doc",
             ((run_id, epoch, dumps(doc)) for run_id, epoch, doc in args["rows"]),
         )
+        _put_metrics_flat(conn, ((run_id, epoch, doc) for run_id, epoch, doc in args["rows"]))
 
     def get_metrics(self, run_id: str) -> list[dict]:
         rows = self._query(
@@ -689,10 +845,93 @@ def disk_full(exc: BaseException) -> bool:
 
 
 def _put_run(conn: sqlite3.Connection, run_id: str, doc: dict[str, Any]) -> None:
-    conn.execute(
-        "INSERT INTO runs (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+    (seq,) = conn.execute(
+        "INSERT INTO runs (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc RETURNING rowid",
         (run_id, dumps(doc)),
+    ).fetchone()
+    _put_run_flat(conn, seq, run_id, doc)
+
+
+def _flat_version(conn: sqlite3.Connection) -> int | None:
+    """The flat-row version the file's flat tables were written by (None before version 3)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'flat_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet
+        return None
+    return row[0] if row else None
+
+
+class _Interned:
+    """Ids of shapes or texts in their table (``flat_shapes``, ``flat_texts``), adding new
+    ones; remembered for one write transaction only (a rolled-back id is never reused)."""
+
+    def __init__(self, conn: sqlite3.Connection, table: str, column: str):
+        self.conn, self.ids = conn, {}
+        self.select = f"SELECT id FROM {table} WHERE {column} = ?"
+        self.insert = f"INSERT INTO {table} ({column}) VALUES (?)"
+
+    def __call__(self, value: str) -> int:
+        found = self.ids.get(value)
+        if found is None:
+            row = self.conn.execute(self.select, (value,)).fetchone()
+            found = self.ids[value] = row[0] if row is not None else self.conn.execute(self.insert, (value,)).lastrowid
+        return found
+
+
+def _interned(conn: sqlite3.Connection) -> tuple[_Interned, _Interned]:
+    return _Interned(conn, "flat_shapes", "spec"), _Interned(conn, "flat_texts", "text")
+
+
+def _put_run_flat(
+    conn: sqlite3.Connection, seq: int, run_id: str, doc: dict[str, Any], interned: tuple[_Interned, _Interned] | None = None
+) -> None:
+    """The flat row of a run just written (``seq``: its rowid in ``runs``)."""
+    shape_id, text_id = interned or _interned(conn)
+    spec, nums, text = flat.encode(flat.run_row(doc), text_id, run_id)
+    keys = dumps({k: doc[k] for k in flat.KEY_FIELDS if k in doc})
+    env = dumps(doc["env"]) if "env" in doc else None
+    conn.execute(
+        "INSERT INTO runs_flat (id, seq, keys, shape, nums, text, env) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, keys = excluded.keys, shape = excluded.shape, "
+        "nums = excluded.nums, text = excluded.text, env = excluded.env",
+        (run_id, seq, keys, shape_id(spec), nums, text, env),
     )
+
+
+def _put_metrics_flat(
+    conn: sqlite3.Connection, rows: Iterator[tuple[str, int, dict[str, Any]]], interned: tuple[_Interned, _Interned] | None = None
+) -> None:
+    """The flat rows of metrics documents just written."""
+    shape_id, text_id = interned or _interned(conn)
+    values = []
+    for run_id, epoch, doc in rows:
+        spec, nums, text = flat.encode(flat.metric_row(doc), text_id, run_id)
+        values.append((run_id, epoch, shape_id(spec), nums, text))
+    conn.executemany(
+        "INSERT INTO metrics_flat (run_id, epoch, shape, nums, text) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, epoch) DO UPDATE SET shape = excluded.shape, nums = excluded.nums, text = excluded.text",
+        values,
+    )
+
+
+def _rebuild_flat(conn: sqlite3.Connection, location: str) -> None:
+    """Derives every flat row from the documents (a new or upgraded file; call in a write
+    transaction). Shapes are kept: their ids never change."""
+    start = time.monotonic()
+    conn.execute("DELETE FROM runs_flat")
+    conn.execute("DELETE FROM metrics_flat")
+    interned = _interned(conn)
+    runs = conn.execute("SELECT rowid, id, doc FROM runs")
+    for seq, run_id, doc in runs:
+        _put_run_flat(conn, seq, run_id, json.loads(doc), interned)
+    metrics = conn.execute("SELECT run_id, epoch, doc FROM metrics ORDER BY run_id, epoch")
+    while batch := metrics.fetchmany(10_000):
+        _put_metrics_flat(conn, ((run_id, epoch, json.loads(doc)) for run_id, epoch, doc in batch), interned)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('flat_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 (flat.FLAT_VERSION,))
+    took = time.monotonic() - start
+    if took > 1.0:
+        log.info("Upgraded the result store %s: flat rows derived from its documents in %.1f s.", location, took)
 
 
 #: How each write is applied, online and on replay (``claim`` is journaled as ``start_attempt``).

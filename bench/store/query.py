@@ -107,6 +107,19 @@ def _parse(filter: Mapping[str, Any] | None) -> tuple[_Node, dict[str, Any]]:
     return _parse_filter(filter, 0)
 
 
+def filter_paths(filter: Mapping[str, Any] | None) -> set[tuple[str, ...]]:
+    """The field paths a (valid) filter tests, as tuples of segments."""
+    paths: set[tuple[str, ...]] = set()
+    stack: list[_Node] = [_parse(filter)[0]]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Junction):
+            stack.extend(node.parts)
+        else:
+            paths.add(node.path)
+    return paths
+
+
 def _refuse_unsafe(obj: Any, depth: int) -> None:
     if depth > 2 * _MAX_NESTING:
         raise QueryError(
