@@ -167,6 +167,8 @@ class TuneCheckpoints:
 
     def load(self) -> dict[str, Any] | None:
         checkpoint = tune.get_checkpoint()
+        if checkpoint is None and self.resume and Path(self.resume).is_file():  # the local executor's
+            return load_file(Path(self.resume))
         if checkpoint is None and self.resume:
             try:
                 checkpoint = Checkpoint(self.resume)
