@@ -9,59 +9,49 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from bench.spec import CONFIG_FIELDS
-
 if TYPE_CHECKING:
     import pandas as pd
 
-RUN_COLUMNS = ("run_id", "status", "study", "attempts", "started_at", "finished_at")
+from bench.store.flat import RUN_COLUMNS, metrics_frame_from_docs, run_row, runs_frame_from_docs
+
+__all__ = ["RUN_COLUMNS", "load_results", "metrics_frame", "run_rows", "runs_frame", "store_metrics_frame", "store_runs_frame"]
 
 
 def runs_frame(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    import pandas as pd
-
-    rows = run_rows(runs)
-    columns = list(RUN_COLUMNS) + [c for c in CONFIG_FIELDS]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    return frame
+    """One row per run document (:func:`run_rows`); the run and config columns when there is none."""
+    return runs_frame_from_docs(runs)
 
 
 def run_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One flat dict per run (the rows of :func:`runs_frame`; pandas is not needed, so a
     listing prints without importing it)."""
-    rows = []
-    for run in runs:
-        row: dict[str, Any] = {
-            "run_id": run.get("_id"),
-            "status": run.get("status"),
-            "study": ",".join(run.get("study") or []),
-            "attempts": run.get("attempts"),
-            "started_at": run.get("started_at"),
-            "finished_at": run.get("finished_at"),
-        }
-        row.update({k: _cell(v) for k, v in (run.get("config") or {}).items()})
-        row.update({k: v for k, v in (run.get("derived") or {}).items()})
-        row.update({k: v for k, v in (run.get("summary") or {}).items() if k not in row})
-        error = run.get("error")
-        row["error"] = error.strip().splitlines()[-1] if isinstance(error, str) and error.strip() else None
-        rows.append(row)
-    return rows
-
-
-def _cell(value: Any) -> Any:
-    """Lists (e.g. lr_milestones) become tuples so the column stays hashable for groupby."""
-    return tuple(value) if isinstance(value, list) else value
+    return [run_row(run) for run in runs]
 
 
 def metrics_frame(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    import pandas as pd
+    """One row per metrics document, by run then epoch."""
+    return metrics_frame_from_docs(docs)
 
-    frame = pd.DataFrame([{k: v for k, v in d.items() if k != "_id"} for d in docs])
-    if frame.empty:
-        return pd.DataFrame(columns=["run_id", "epoch"])
-    return frame.sort_values(["run_id", "epoch"]).reset_index(drop=True)
+
+def store_runs_frame(
+    store: Any, filter: Mapping[str, Any] | None = None, *, ids: list[str] | None = None, extra: list[dict] = ()
+) -> pd.DataFrame:
+    """``runs_frame`` of the runs ``store.find_runs(filter)`` returns (or, with ``ids``, of
+    those among them, as :func:`~bench.store.base.runs_by_id` does), then of the ``extra``
+    documents: read by the store's own fast path where it has one."""
+    if hasattr(store, "runs_frame"):
+        return store.runs_frame(dict(filter) if filter else None, ids=ids, extra=list(extra))
+    from bench.store.base import runs_by_id
+
+    docs = runs_by_id(store, ids) if ids is not None else store.find_runs(dict(filter) if filter else None)
+    return runs_frame([*docs, *extra])
+
+
+def store_metrics_frame(store: Any, run_ids: list[str]) -> pd.DataFrame:
+    """``metrics_frame(store.find_metrics(run_ids))``, by the store's fast path where it has one."""
+    if hasattr(store, "metrics_frame"):
+        return store.metrics_frame(run_ids)
+    return metrics_frame(store.find_metrics(run_ids))
 
 
 def load_results(
@@ -87,15 +77,14 @@ def load_results(
         query: dict[str, Any] = dict(where or {})
         if study:
             query = {"$and": [query, {"study": study}]} if query else {"study": study}
-        runs = handle.find_runs(query)
-        frame = runs_frame(runs)
         if metrics and steps:
             raise ValueError("load_results takes metrics=True or steps=True, not both: they are rows of different things.")
+        frame = store_runs_frame(handle, query)
         if not (metrics or steps):
             return frame
-        ids = [r["_id"] for r in runs]
+        ids = frame["run_id"].tolist()
         if metrics:
-            rows = metrics_frame(handle.find_metrics(ids))
+            rows = store_metrics_frame(handle, ids)
         else:
             from bench.store.steps import steps_frame
 

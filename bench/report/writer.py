@@ -16,7 +16,7 @@ from bench.errors import BenchError
 from bench.provenance import utcnow
 from bench.grid.tuning import study_trials
 from bench.report.export import to_csv, to_latex
-from bench.report.frame import metrics_frame, runs_frame
+from bench.report.frame import runs_frame, store_metrics_frame, store_runs_frame
 from bench.report.kinds import SECTIONS
 from bench.report.markdown import build_report, section_runs
 from bench.report.schema import parse_report
@@ -104,19 +104,15 @@ def write_report(
     for variant, config in study_trials(spec, store):
         labelled.setdefault(config.trial_id, (variant, config))
     ids = list(labelled)
-    runs = runs_by_id(store, ids)
-    found = {r["_id"] for r in runs}
+    runs, found, frame = _stored_trials(store, ids, labelled)
     if not found and not force:
         refuse_empty_rewrite(spec, store, reports_dir, len(ids))
-    # Trials never started still count: they show as "not run" in their cell.
-    runs += [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]
-    frame = runs_frame(runs)
     if spec.variants:
         frame["variant"] = frame["run_id"].map({tid: variant for tid, (variant, _) in labelled.items()})
     epochs = None
     # find_metrics and find_steps split long id lists into queries themselves
     if any(SECTIONS.get(s.kind).per_epoch for s in sections):
-        epochs = metrics_frame(store.find_metrics([i for i in ids if i in found]))
+        epochs = store_metrics_frame(store, [i for i in ids if i in found])
     steps = None
     stepwise = [s for s in sections if SECTIONS.get(s.kind).per_step]
     if stepwise:
@@ -170,6 +166,33 @@ def write_report(
     _remove_stale(path.with_suffix(""), written)
     path.write_text(report.text)
     return path
+
+
+def _stored_trials(store: ResultStore, ids: list[str], labelled: Mapping[str, tuple[str, Any]]) -> tuple[list[dict[str, Any]], set[str], Any]:
+    """``({_id, env} of the stored trials, their ids, the runs frame)``: trials never started
+    still count, as ``pending`` rows after the stored ones ("not run" in their cell)."""
+    for _ in range(3):  # a trial a running grid stores between the two reads: read again
+        runs = _run_envs(store, ids)
+        found = {r["_id"] for r in runs}
+        pending = [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]
+        frame = store_runs_frame(store, ids=ids, extra=pending)
+        if len(frame) == len(found) + len(pending) and not frame["run_id"].duplicated().any():
+            break
+    else:
+        stored = runs_by_id(store, ids)
+        runs = [{"_id": r["_id"], **({"env": r["env"]} if "env" in r else {})} for r in stored]
+        found = {r["_id"] for r in runs}
+        pending = [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]
+        frame = runs_frame([*stored, *pending])
+    return runs, found, frame
+
+
+def _run_envs(store: ResultStore, ids: list[str]) -> list[dict[str, Any]]:
+    """``{"_id", "env"}`` of the stored runs among ``ids``, in :func:`runs_by_id`'s order
+    (only the environments are decoded where the store can)."""
+    if hasattr(store, "run_envs"):
+        return [{"_id": run_id, "env": env} if env is not None else {"_id": run_id} for run_id, env in store.run_envs(ids)]
+    return [{"_id": run["_id"], **({"env": run["env"]} if "env" in run else {})} for run in runs_by_id(store, ids)]
 
 
 def refuse_empty_rewrite(spec: StudySpec, store: ResultStore, reports_dir: str | Path, runs: int) -> None:

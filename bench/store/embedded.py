@@ -590,13 +590,14 @@ class EmbeddedStore:
 
             docs = runs_by_id(self, ids) if ids is not None else self.find_runs(filter)
             return flat.runs_frame_from_docs([*docs, *extra])
-        rows = self._flat_runs("read runs", "id, shape, nums, text", filter, ids)
-        local: dict[str, int] = {}  # texts of the extra rows, by negative ids
-        rows += self._pack_extra(extra, local)
-        run_ids, shapes, blobs, texts = zip(*rows) if rows else ((), (), (), ())
-        return flat.frame_from_packed(
-            shapes, blobs, texts, list(run_ids), self._shape_specs(shapes), self._texts(local), flat.run_frame_columns()
-        )
+        with _decoding():
+            rows = self._flat_runs("read runs", "id, shape, nums, text", filter, ids)
+            local: dict[str, int] = {}  # texts of the extra rows, by negative ids
+            rows += self._pack_extra(extra, local)
+            run_ids, shapes, blobs, texts = zip(*rows) if rows else ((), (), (), ())
+            return flat.frame_from_packed(
+                shapes, blobs, texts, list(run_ids), self._shape_specs(shapes), self._texts(local), flat.run_frame_columns()
+            )
 
     def run_envs(self, ids: list[str]) -> list[tuple[str, Any]]:
         """``(run id, env)`` of the runs among ``ids``, in :func:`~bench.store.base.runs_by_id`'s
@@ -621,6 +622,10 @@ class EmbeddedStore:
         from the flat rows."""
         if not self._flat:
             return flat.metrics_frame_from_docs(self.find_metrics(run_ids))
+        with _decoding():
+            return self._metrics_frame(run_ids)
+
+    def _metrics_frame(self, run_ids: list[str]) -> Any:
         import numpy as np
 
         rows: list[tuple] = []

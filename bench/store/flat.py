@@ -166,15 +166,13 @@ def frame_from_packed(
     if n == 0:
         return pd.DataFrame(columns=list(empty_columns))
     run_ids = np.asarray(run_ids, dtype=object) if not isinstance(run_ids, np.ndarray) else run_ids
-    codes: dict[Any, int] = {}
-    for key in shape_keys:
-        if key not in codes:
-            codes[key] = len(codes)
-    keys = list(codes)
-    if len(keys) == 1:
+    codes: dict[Any, int] = dict.fromkeys(shape_keys)  # in order of first appearance
+    for code, key in enumerate(codes):
+        codes[key] = code
+    if len(codes) == 1:
         groups = [np.arange(n)]
     else:
-        ids = np.fromiter((codes[s] for s in shape_keys), dtype=np.int64, count=n)
+        ids = np.fromiter(map(codes.__getitem__, shape_keys), dtype=np.int64, count=n)
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         groups = np.split(order, np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1)
@@ -222,6 +220,8 @@ def frame_from_packed(
             data[key] = out
         elif kinds == {"b"} and covered == n:
             data[key] = _gather(n, bool, parts, lambda part: part != 0)
+        elif kinds <= {"s", "r", "n"} and kinds & {"s", "r"}:
+            data[key] = pd.array(_objects(n, parts, strings), dtype=_text_dtype())
         else:
             data[key] = None
             generic[key] = _objects(n, parts, strings)
@@ -230,6 +230,18 @@ def frame_from_packed(
         for key in generic:
             data[key] = inferred[key]
     return pd.DataFrame(data, copy=False)
+
+
+_TEXT_DTYPE: list[Any] = []
+
+
+def _text_dtype() -> Any:
+    """The dtype pandas gives a column of texts, some missing (``str`` or ``object``)."""
+    if not _TEXT_DTYPE:
+        import pandas as pd
+
+        _TEXT_DTYPE.append(pd.DataFrame([{"a": "x"}, {"a": None}, {}]).dtypes.iloc[0])
+    return _TEXT_DTYPE[0]
 
 
 def _gather(n: int, dtype: Any, parts: list[tuple[Any, str, Any]], convert: Callable[[Any], Any]) -> Any:

@@ -57,6 +57,8 @@ from bench.store.base import (
     scrub,
     unique_ids,
 )
+from bench.store import flat
+from bench.store.base import ID_CHUNK
 from bench.store.journal import Journal, journal_path
 from bench.store.query import validate_filter, validate_sort
 from bench.store.steps import bucket_key, prepare_steps, unpack_bucket
@@ -84,6 +86,8 @@ COLLECTIONS: dict[str, dict[str, Any]] = {
 }
 
 _IN_CHUNK = 1000  # run ids per $in list
+#: The run fields a runs DataFrame shows (:func:`bench.store.flat.run_row`): a projection.
+_FRAME_FIELDS = {name: 1 for name in ("status", "study", "attempts", "started_at", "finished_at", "config", "derived", "summary", "error")}
 _WRITE_CHUNK = 5000  # metric documents per bulk_write call
 _FIX_HINT = (
     "Start the MongoDB server, check BENCH_MONGO_URI or --mongo-uri, or unset "
@@ -380,6 +384,33 @@ class MongoStore:
                 status = key.get("status") if isinstance(key.get("status"), str) else ""
                 counts.setdefault(study, {})[status] = counts.get(study, {}).get(status, 0) + int(group["n"])
         return {study: dict(sorted(counts[study].items())) for study in sorted(counts)}
+
+    # ------------------------------------------------------------------ frames
+
+    def runs_frame(self, filter: dict | None = None, *, ids: list[str] | None = None, extra: list[dict] = ()) -> Any:
+        """The runs DataFrame of the runs ``find_runs(filter)`` returns (with ``ids``: of the
+        runs among them, as :func:`~bench.store.base.runs_by_id` returns them), then of the
+        ``extra`` documents; the server sends only the fields the frame shows."""
+        docs = self._projected(filter, ids, _FRAME_FIELDS, "read runs")
+        return flat.runs_frame_from_docs([*docs, *extra])
+
+    def run_envs(self, ids: list[str]) -> list[tuple[str, Any]]:
+        """``(run id, env)`` of the runs among ``ids``, in :func:`~bench.store.base.runs_by_id`'s order."""
+        return [(doc["_id"], doc.get("env")) for doc in self._projected(None, ids, {"env": 1}, "read runs")]
+
+    def metrics_frame(self, run_ids: list[str]) -> Any:
+        """The per-epoch DataFrame of ``find_metrics(run_ids)``."""
+        return flat.metrics_frame_from_docs(self.find_metrics(run_ids))
+
+    def _projected(self, filter: dict | None, ids: list[str] | None, fields: dict[str, int], action: str) -> list[dict]:
+        if ids is not None:
+            if isinstance(ids, str):
+                raise StoreError("ids must be a list of run ids, not a single string.")
+            queries = [{"_id": {"$in": chunk}} for chunk in chunked(list(ids), ID_CHUNK)]
+        else:
+            queries = [validate_filter(filter)]
+        with self._reading(action):
+            return [doc for query in queries for doc in self._coll("runs").find(query, fields)]
 
     # ------------------------------------------------------------------ metrics
 

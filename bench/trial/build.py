@@ -8,6 +8,7 @@ arguments. What stacks on any entry is applied here: MimicNorm's model-level cha
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from typing import Any
@@ -61,8 +62,9 @@ def autocast(config: TrialConfig, device: torch.device) -> Any:
     """The config's precision for forward passes and the loss: ``torch.autocast`` to bf16
     or fp16, a no-op context for fp32."""
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    return torch.autocast(device.type, dtype=dtypes.get(config.precision, torch.float32),
-                          enabled=config.precision in dtypes)
+    if config.precision not in dtypes:
+        return contextlib.nullcontext()  # a disabled autocast still costs microseconds per step
+    return torch.autocast(device.type, dtype=dtypes[config.precision])
 
 
 def grad_scaler(config: TrialConfig, device: torch.device) -> torch.amp.GradScaler | None:
