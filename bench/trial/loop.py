@@ -218,6 +218,8 @@ def _train(
         _close_steplog(steplog, config, summary)
         _finish(checkpoints, None, result)
 
+    # read once: a config field costs microseconds, which add up at small batches
+    batch, smoothing, clip, channels_last = config.batch_size, config.label_smoothing, config.agc_clip, config.channels_last
     with deferred_signals(enabled=checkpoints is not None) as signals:
         while pos.epoch <= config.epochs:
             epoch = pos.epoch
@@ -244,13 +246,13 @@ def _train(
                         steplog.flush()
                     save(pos)
                     signals.deliver()
-                idx = pos.order[i * config.batch_size : (i + 1) * config.batch_size]
+                idx = pos.order[i * batch : (i + 1) * batch]
                 x, target = augment(data.train_x[idx], data.train_y[idx], gen)
-                if config.channels_last and x.dim() == 4:
+                if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with precision:
                     logits = forward(x)
-                    loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+                    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -258,8 +260,8 @@ def _train(
                 else:
                     loss.backward()
                 grad_norm = gradient_norm(params)
-                if config.agc_clip > 0:
-                    clip_gradients(model, config.agc_clip)
+                if clip > 0:
+                    clip_gradients(model, clip)
                 loss = loss.detach()
                 watch.see(pos.step, loss)
                 hits = (logits.argmax(1) == target_classes(target)).sum()

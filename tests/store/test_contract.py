@@ -30,6 +30,7 @@ from bench.store import (
     sanitize,
 )
 from bench.store.base import RUN_STATUSES
+from bench.store.embedded import FILE_VERSION
 from bench.store.mongo import COLLECTIONS, database_from_uri
 
 REPO = Path(__file__).resolve().parents[2]
@@ -675,7 +676,7 @@ def test_embedded_file_uses_wal_and_indexes(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FILE_VERSION
         indexes = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
@@ -696,7 +697,7 @@ def test_embedded_refuses_foreign_or_newer_files(tmp_path: Path) -> None:
         EmbeddedStore(junk)
     newer = tmp_path / "newer.sqlite"
     conn = sqlite3.connect(newer)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {FILE_VERSION + 1}")
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         EmbeddedStore(newer)

@@ -12,6 +12,7 @@ import pytest
 
 import bench.store.embedded as embedded
 from bench.store import SCHEMA_VERSION, EmbeddedStore
+from bench.store.embedded import FILE_VERSION
 from bench.store.base import INDEXED_RUN_PATHS
 from bench.store.mongo import COLLECTIONS
 from bench.store.query import compile_filter
@@ -84,5 +85,5 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         store.upsert_steps("r", [{"step": 0, "loss": 1.0}])
         assert store.find_steps(["r"]) == [{"run_id": "r", "step": 0, "loss": 1.0}]
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == FILE_VERSION == 3
     conn.close()
