@@ -9,6 +9,11 @@ again, while a fresh one belongs to another live grid and is skipped. A trial le
 ``running`` by a driver on this host whose process has ended (:func:`driver_gone`) is
 abandoned at once, whatever its heartbeat.
 
+The run also says where its trial runs and stands: ``node`` (the machine of the current
+attempt), ``checkpoint`` (its latest checkpoint, from which a later attempt resumes;
+cleared when it finishes) and ``artifacts`` (kept final weights). An attempt whose Ray
+worker or node was lost is kept in the history as ``lost`` while Tune retries the trial.
+
 A store problem is never a training outcome: a write the store cannot take is journaled
 by the store; one it refuses is logged and counted (``write_errors``), and the trial goes
 on. Each attempt's outcome is kept in the run's ``history``; a failed or interrupted
