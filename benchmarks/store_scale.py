@@ -11,14 +11,24 @@ steps of ``--step-runs`` runs (20 per epoch, written epoch by epoch), then times
 * ``bench results ls`` with a filter, through the CLI in this process (an indexed config
   filter matching N/200 runs; a summary-metric filter with ``--limit 20``);
 * loading one study's DataFrame (``bench.load_results``): runs, and per-epoch metrics;
-* building the study's report (``bench.report.writer.write_report``).
+* building the study's report (``bench.report.writer.write_report``), and apart from it
+  the study's expansion (``StudySpec.labelled_pairs``: validating and hashing every trial,
+  which the report needs before it reads anything).
 
-Targets on a 2-core machine, embedded store: a report over 10,000 runs in under 5 s, a
-filtered listing in under 1 s. Figures are printed, not asserted.
+Targets on a 2-core machine, embedded store, 100,000 runs: a study's DataFrame in under
+1 s, its report in under 5 s, a filtered listing in under 0.5 s; the per-epoch DataFrame
+of 10,000 runs in under 1 s. Figures are printed, not asserted; the last table has one
+column per run count, so two runs of the script (before and after a change) compare line
+by line.
 
-    python benchmarks/store_scale.py                           # 10,000 runs
-    python benchmarks/store_scale.py --runs 1000,10000,100000  # the growth table (100k: minutes)
+    python benchmarks/store_scale.py                       # the growth table: 1,000, 10,000, 100,000 runs (minutes)
+    python benchmarks/store_scale.py --runs 10000          # one size
+    python benchmarks/store_scale.py --dir /tmp/scale --reuse  # keep the stores; later runs skip the filling
     python benchmarks/store_scale.py --runs 2000 --mongo-uri mongodb://localhost:27017  # a server
+
+With ``--reuse`` a store file already in ``--dir`` holding the N runs is not filled again
+(the insert figures are then left out); a file written by an older bench is upgraded in
+place when it opens, and the time that took is printed (``open/upgrade (s)``).
 """
 
 from __future__ import annotations
@@ -142,12 +152,18 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, float]
         location = args.mongo_uri.rstrip("/") + f"/bench_scale_{n}"
     else:
         location = str(workdir / f"scale-{n}.sqlite")
+    reuse = args.reuse and not args.mongo_uri and Path(location).is_file()
+    start = time.perf_counter()
     store = open_store(location)
+    opened = time.perf_counter() - start
     try:
         figures: dict[str, float] = {"runs": len(trials)}
-        start = time.perf_counter()
-        figures.update(fill(store, trials, args.epochs, min(args.step_runs, len(trials)), random.Random(0)))
-        figures["fill seconds"] = time.perf_counter() - start
+        if reuse and store.count_runs({"study": "scale"}) == len(trials):
+            figures["open/upgrade (s)"] = opened
+        else:
+            start = time.perf_counter()
+            figures.update(fill(store, trials, args.epochs, min(args.step_runs, len(trials)), random.Random(0)))
+            figures["fill seconds"] = time.perf_counter() - start
         lr = LRS[2]
         listing = ["results", "ls", "--study", "scale", "--where", "norm=gn", "--where", "batch_size=8", "--where", f"lr={lr}"]
         rows = cli(location, *listing, "--format", "csv").strip().count("\n")
@@ -159,13 +175,14 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, float]
         figures["per-epoch DataFrame (s)"] = best_of(
             1 if n > 20_000 else args.repeat, lambda: load_results(study="scale", store=store, metrics=True)
         )
+        figures["study expansion, in the report (s)"] = best_of(1, spec.labelled_pairs)
         reports = workdir / f"reports-{n}"
         with contextlib.redirect_stdout(io.StringIO()):
             figures["report (s)"] = best_of(args.repeat, lambda: write_report(spec, store, reports))
         if store.kind == "embedded":
             figures["store MB"] = sum(p.stat().st_size for p in workdir.glob(f"scale-{n}.sqlite*")) / 1e6
     finally:
-        if args.mongo_uri:
+        if args.mongo_uri and not args.reuse:
             store.client.drop_database(store.database)
         store.close()
     return figures
@@ -173,12 +190,14 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", default="10000", help="run counts, comma-separated (default 10000)")
+    parser.add_argument("--runs", default="1000,10000,100000",
+                        help="run counts, comma-separated (default 1000,10000,100000; 100,000 takes minutes to fill)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs (metric documents) per run")
     parser.add_argument("--step-runs", type=int, default=200, help="runs that also get per-step buckets")
     parser.add_argument("--repeat", type=int, default=3, help="timings are the best of this many")
     parser.add_argument("--mongo-uri", help="a MongoDB server (database bench_scale_N, dropped after) instead of the embedded store")
     parser.add_argument("--dir", help="where the embedded store files go (default: a temporary directory, removed after)")
+    parser.add_argument("--reuse", action="store_true", help="with --dir: time the stores already there instead of filling them again")
     args = parser.parse_args()
     counts = [int(v) for v in args.runs.split(",") if v.strip()]
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -193,14 +212,16 @@ def main() -> None:
     finally:
         if not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
+    if results:
+        ordered = sorted(results)
+        keys = list(dict.fromkeys(k for n in ordered for k in results[n]))
+        print("\nfigures by run count (seconds for the timings)")
+        print(f"{'':>40} " + " ".join(f"{n:>12,}" for n in ordered))
+        for key in keys:
+            print(f"{key:>40} " + " ".join(f"{results[n][key]:>12,.3f}" if key in results[n] else f"{'-':>12}" for n in ordered))
     if len(results) > 1:
         print("\ngrowth (time ratio per 10× runs; 10 = linear)")
-        keys = [k for k in next(iter(results.values())) if k.endswith("(s)")]
-        ordered = sorted(results)
-        header = f"{'':>40} " + " ".join(f"{n:>12,}" for n in ordered)
-        print(header)
-        for key in keys:
-            print(f"{key:>40} " + " ".join(f"{results[n][key]:>12.3f}" for n in ordered))
+        keys = [k for k in keys if k.endswith("(s)") and all(k in results[n] for n in ordered)]
         for key in keys:
             ratios = [results[b][key] / results[a][key] / (b / a) * 10 for a, b in zip(ordered, ordered[1:], strict=False) if results[a][key] > 0]
             if ratios:

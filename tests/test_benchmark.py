@@ -16,5 +16,16 @@ def test_trial_loop_benchmark_runs_and_prints_ratios():
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     assert "bare samples/s" in out and "min ratio" in out
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("bn", "gn"))]
-    assert len(rows) == 2 and all(float(r[-1]) > 0 for r in rows)
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("cnn")]
+    assert [r[1] for r in rows] == ["bn", "gn"] and all(float(r[-1]) > 0 for r in rows)
+
+
+def test_trial_loop_benchmark_on_cifar_shaped_data_with_resnet_20():
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cifar-shaped", "128", "--archs", "resnet", "--batch-sizes", "64", "--norms", "bn",
+         "--repeats", "1", "--channels-last"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    assert "CIFAR-10-shaped" in out and "fp32, channels_last" in out
+    (row,) = [line.split() for line in out.splitlines() if line.strip().startswith("resnet")]
+    assert row[1:3] == ["bn", "64"] and float(row[-1]) > 0

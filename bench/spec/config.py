@@ -160,7 +160,7 @@ class TrialConfig:
     module is imported.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "_id")
     _values: dict[str, Any]
 
     def __init__(self, **values: Any) -> None:
@@ -238,9 +238,16 @@ class TrialConfig:
         """SHA-256 of the canonical config: sorted keys, and fields at their default left
         out. Leaving defaults out is what lets the harness grow: a new knob is added with a
         default that reproduces the old behaviour, so every stored result keeps its id.
-        The other half of that contract is that a default never changes (pinned by a test)."""
+        The other half of that contract is that a default never changes (pinned by a test).
+        Computed once per config (it is immutable): planning a 100,000-trial study asks often."""
+        try:
+            return object.__getattribute__(self, "_id")
+        except AttributeError:
+            pass
         canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        trial_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        object.__setattr__(self, "_id", trial_id)
+        return trial_id
 
     def canonical(self) -> dict[str, Any]:
         """What identifies the trial: the fields that differ from their defaults, less the

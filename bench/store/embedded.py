@@ -39,8 +39,8 @@ from typing import Any
 
 from bench.errors import StoreError
 from bench.store.base import (
+    ID_CHUNK,
     INDEXED_RUN_PATHS,
-    SCHEMA_VERSION,
     apply_run_update,
     check_limit,
     chunked,
@@ -55,7 +55,6 @@ from bench.store.base import (
     unique_ids,
 )
 from bench.store import flat
-from bench.store.base import ID_CHUNK
 from bench.store.journal import Journal, embedded_journal_path
 from bench.store.query import compile_filter, compile_sort, filter_paths, json_path
 from bench.store.steps import prepare_steps
@@ -102,13 +101,15 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, doc TEXT NOT NULL)",
     *_index_statements(),
     # Flat rows (bench/store/flat.py), derived from the documents in the same transaction:
-    # `seq` is the run's rowid in `runs` (find_runs' order), `keys` its KEY_FIELDS.
+    # `seq` is the run's rowid in `runs` (find_runs' order, so a scan needs no sort), `keys`
+    # its KEY_FIELDS.
     "CREATE TABLE IF NOT EXISTS flat_shapes (id INTEGER PRIMARY KEY, spec TEXT NOT NULL UNIQUE)",
     "CREATE TABLE IF NOT EXISTS flat_texts (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)",
-    "CREATE TABLE IF NOT EXISTS runs_flat (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, keys TEXT NOT NULL, "
-    "shape INTEGER NOT NULL, nums BLOB NOT NULL, text TEXT, env TEXT) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS runs_flat (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, keys TEXT NOT NULL, "
+    "shape INTEGER NOT NULL, nums BLOB NOT NULL, text TEXT, env TEXT)",
     "CREATE TABLE IF NOT EXISTS metrics_flat (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, shape INTEGER NOT NULL, "
     "nums BLOB NOT NULL, text TEXT, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS run_studies (study TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (study, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
 ]
 
@@ -626,6 +627,52 @@ class EmbeddedStore:
             return self._metrics_frame(run_ids)
 
     def _metrics_frame(self, run_ids: list[str]) -> Any:
+        """One row per run from SQLite (its rows' nums as hex, epochs and shapes as lists),
+        not one per epoch: a tenth of the time for 50 epochs. An aggregate takes its rows in
+        the primary key's order (run, epoch); the epochs read back prove it, else the rows
+        are read one by one."""
+        import numpy as np
+
+        runs: list[tuple] = []  # (run id, rows, nums as hex, epochs, shapes)
+        texts: list[tuple] = []  # (run id, epoch, text) of the rows that have a text
+        for chunk in chunked(unique_ids(run_ids), _IN_CHUNK):
+            marks = ", ".join("?" * len(chunk))
+            per_run, with_text = self._query_together("read metrics", [
+                ("SELECT run_id, count(*), group_concat(hex(nums), ''), group_concat(epoch), group_concat(shape) "
+                 f"FROM metrics_flat WHERE run_id IN ({marks}) GROUP BY run_id ORDER BY run_id", chunk),
+                (f"SELECT run_id, epoch, text FROM metrics_flat WHERE run_id IN ({marks}) AND text IS NOT NULL "
+                 "ORDER BY run_id, epoch", chunk),
+            ])
+            runs += per_run
+            texts += with_text
+        counts = np.fromiter((run[1] for run in runs), dtype=np.int64, count=len(runs))
+        epochs = np.fromstring(",".join(run[3] for run in runs), dtype=np.int64, sep=",") if runs else np.empty(0, np.int64)
+        first = np.r_[0, np.cumsum(counts)[:-1]] if runs else counts
+        rising = np.diff(epochs) > 0
+        rising[first[1:] - 1] = True  # a run's first epoch follows the previous run's last
+        if not rising.all():
+            return self._metrics_frame_by_rows(run_ids)  # pragma: no cover - SQLite aggregated out of key order
+        shapes = np.fromstring(",".join(run[4] for run in runs), dtype=np.int64, sep=",") if runs else np.empty(0, np.int64)
+        specs = self._shape_specs(shapes.tolist())
+        width = {shape: sum(1 for _, kind in spec if kind in flat.NUMERIC_KINDS) for shape, spec in specs.items()}
+        sizes = np.zeros(len(shapes), dtype=np.int64)
+        for shape, size in width.items():
+            sizes[shapes == shape] = size
+        words = np.frombuffer(bytes.fromhex("".join(run[2] for run in runs)), dtype="<i8")
+        names = np.empty(len(runs), dtype=object)
+        names[:] = [run[0] for run in runs]
+        row_texts: list[str | None] = [None] * len(shapes)
+        if texts:
+            index = {name: i for i, name in enumerate(names.tolist())}
+            for run_id, epoch, text in texts:
+                at = index[run_id]
+                row_texts[first[at] + int(np.searchsorted(epochs[first[at]:first[at] + counts[at]], epoch))] = text
+        return flat.frame_from_packed(
+            shapes.tolist(), flat.Words(words, np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else sizes), row_texts,
+            np.repeat(names, counts), specs, self._texts({}), flat.METRIC_COLUMNS,
+        )
+
+    def _metrics_frame_by_rows(self, run_ids: list[str]) -> Any:
         import numpy as np
 
         rows: list[tuple] = []
@@ -655,6 +702,10 @@ class EmbeddedStore:
                 where, params = compile_filter({"_id": {"$in": chunk}})
                 rows += self._query(action, f"SELECT {columns} FROM runs_flat WHERE {where} ORDER BY seq", params)
             return rows
+        if filter and list(filter) == ["study"] and isinstance(filter["study"], str):  # a study's runs, by index
+            compile_filter(filter)  # validates the name
+            return self._query(action, f"SELECT {columns} FROM runs_flat WHERE seq IN "
+                               "(SELECT seq FROM run_studies WHERE study = ?) ORDER BY seq", [filter["study"]])
         if all(path[0] in flat.KEY_FIELDS for path in filter_paths(filter)):
             where, params = compile_filter(filter, column="keys")  # a study's runs: no document parsed
         else:
@@ -901,6 +952,11 @@ def _put_run_flat(
         "nums = excluded.nums, text = excluded.text, env = excluded.env",
         (run_id, seq, keys, shape_id(spec), nums, text, env),
     )
+    # the studies a {"study": name} filter matches: the text, or each text in the list
+    studies = doc.get("study")
+    names = {studies} if isinstance(studies, str) else {v for v in studies if isinstance(v, str)} if isinstance(studies, list) else set()
+    conn.execute("DELETE FROM run_studies WHERE seq = ?", (seq,))
+    conn.executemany("INSERT INTO run_studies (study, seq) VALUES (?, ?)", [(name, seq) for name in names])
 
 
 def _put_metrics_flat(
@@ -923,8 +979,10 @@ def _rebuild_flat(conn: sqlite3.Connection, location: str) -> None:
     """Derives every flat row from the documents (a new or upgraded file; call in a write
     transaction). Shapes are kept: their ids never change."""
     start = time.monotonic()
-    conn.execute("DELETE FROM runs_flat")
-    conn.execute("DELETE FROM metrics_flat")
+    for table in ("runs_flat", "metrics_flat", "run_studies"):  # their layout may have changed too
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    for statement in _SCHEMA:
+        conn.execute(statement)
     interned = _interned(conn)
     runs = conn.execute("SELECT rowid, id, doc FROM runs")
     for seq, run_id, doc in runs:

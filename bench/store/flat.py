@@ -31,14 +31,14 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FLAT_VERSION = 1
-"""Version of :func:`run_row` and of the encoding; a store whose flat rows were written
-by another version rebuilds them."""
+FLAT_VERSION = 3
+"""Version of :func:`run_row`, of the encoding and of the flat tables' layout; a store
+whose flat rows were written by another version rebuilds them."""
 
 RUN_COLUMNS = ("run_id", "status", "study", "attempts", "started_at", "finished_at")
 
@@ -46,7 +46,7 @@ RUN_COLUMNS = ("run_id", "status", "study", "attempts", "started_at", "finished_
 #: them (a study's runs) are answered without parsing whole run documents.
 KEY_FIELDS = ("_id", "study", "status")
 
-_NUMERIC = frozenset("ifbs")  # packed in nums (a text by its id)
+_NUMERIC = NUMERIC_KINDS = frozenset("ifbs")  # packed in nums (a text by its id)
 _TEXTUAL = frozenset("tj")  # in the JSON text
 
 
@@ -80,40 +80,56 @@ def metric_row(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _kind(value: Any, run_id: str | None, key: str) -> str:
     kind = type(value)
-    if kind is bool:
-        return "b"
-    if kind is int:
-        return "i" if -(2**63) <= value < 2**63 else "j"
     if kind is float:
         return "f"
-    if value is None:
-        return "n"
+    if kind is int:
+        return "i" if -(2**63) <= value < 2**63 else "j"
     if kind is str:
         return "r" if key == "run_id" and value == run_id else "s"
+    if value is None:
+        return "n"
+    if kind is bool:
+        return "b"
     if kind is tuple:
         return "t"
     return "j"
+
+
+#: (keys, kinds) → (shape, struct format of nums): rows of a study share a few.
+_LAYOUTS: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[str, struct.Struct]] = {}
+
+
+def _layout(keys: tuple[str, ...], kinds: tuple[str, ...]) -> tuple[str, struct.Struct]:
+    found = _LAYOUTS.get((keys, kinds))
+    if found is None:
+        spec = json.dumps([[k, kind] for k, kind in zip(keys, kinds)], ensure_ascii=False, separators=(",", ":"))
+        fmt = "<" + "".join("d" if kind == "f" else "q" for kind in kinds if kind in _NUMERIC)
+        if len(_LAYOUTS) > 4096:
+            _LAYOUTS.clear()
+        found = _LAYOUTS[(keys, kinds)] = (spec, struct.Struct(fmt))
+    return found
 
 
 def encode(row: Mapping[str, Any], text_id: Callable[[str], int], run_id: str | None = None) -> tuple[str, bytes, str | None]:
     """``(shape, nums, text)`` of a flat row (see the module docstring); ``text_id``: a
     text's id in the store's table of texts; ``run_id``: the id a ``run_id`` value is read
     back from (``r``), instead of being stored."""
-    shape: list[list[str]] = []
-    formats: list[str] = ["<"]
+    keys = tuple(row)
+    values = list(row.values())
+    kinds = tuple([_kind(v, run_id, k) for k, v in zip(keys, values)])
+    spec, packer = _layout(keys, kinds)
     numbers: list[Any] = []
     text: list[Any] = []
-    for key, value in row.items():
-        kind = _kind(value, run_id, key)
-        shape.append([key, kind])
-        if kind in _NUMERIC:
-            formats.append("d" if kind == "f" else "q")
-            numbers.append(text_id(value) if kind == "s" else value)
-        elif kind in _TEXTUAL:
-            text.append(list(value) if kind == "t" else value)
-    nums = struct.pack("".join(formats), *numbers)
-    spec = json.dumps(shape, ensure_ascii=False, separators=(",", ":"))
-    return spec, nums, json.dumps(text, ensure_ascii=False, separators=(",", ":")) if text else None
+    for kind, value in zip(kinds, values):
+        if kind == "f" or kind == "i" or kind == "b":
+            numbers.append(value)
+        elif kind == "s":
+            numbers.append(text_id(value))
+        elif kind == "t":
+            text.append(list(value))
+        elif kind == "j":
+            text.append(value)
+    return spec, packer.pack(*numbers), json.dumps(text, ensure_ascii=False, separators=(",", ":")) if text else None
 
 
 def runs_frame_from_docs(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -146,9 +162,16 @@ def metrics_frame_from_docs(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return frame.sort_values(list(METRIC_COLUMNS)).reset_index(drop=True)
 
 
+class Words(NamedTuple):
+    """The ``nums`` of many rows as one array of 8-byte words, and each row's first word."""
+
+    words: Any
+    starts: Any
+
+
 def frame_from_packed(
     shape_keys: Sequence[Any],
-    blobs: Sequence[bytes],
+    blobs: Sequence[bytes] | Words,
     texts: Sequence[str | None],
     run_ids: Any,
     shapes: Mapping[Any, Sequence[tuple[str, str]]],
@@ -156,9 +179,10 @@ def frame_from_packed(
     empty_columns: Sequence[str],
 ) -> pd.DataFrame:
     """The DataFrame pandas builds from the flat rows' dicts, given each row's shape,
-    ``nums``, ``text`` (None: no JSON values) and run id (a numpy object array or a
-    list); ``shapes``: shape → its ``[(key, kind), ...]``; ``texts_of``: text ids → their
-    texts; ``empty_columns``: the columns when there is no row."""
+    ``nums`` (or all of them as one array of 8-byte words and each row's first word),
+    ``text`` (None: no JSON values) and run id (a numpy object array or a list);
+    ``shapes``: shape → its ``[(key, kind), ...]``; ``texts_of``: text ids → their texts;
+    ``empty_columns``: the columns when there is no row."""
     import numpy as np
     import pandas as pd
 
@@ -177,14 +201,23 @@ def frame_from_packed(
         sorted_ids = ids[order]
         groups = np.split(order, np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1)
         groups.sort(key=lambda g: g[0])  # shapes in order of first appearance: pandas' column order
+    if isinstance(blobs, Words):
+        words, starts = blobs
+    else:
+        words = np.frombuffer(b"".join(blobs), dtype="<i8")
+        starts = None if len(groups) == 1 else np.cumsum(np.fromiter(map(len, blobs), dtype=np.int64, count=n)) // 8
+        if starts is not None:
+            starts = np.r_[0, starts[:-1]]
     columns: dict[str, list[tuple[Any, str, Any]]] = {}
     for idx in groups:
         spec = shapes[shape_keys[idx[0]]]
         whole = len(idx) == n
         picked = None if whole else idx.tolist()
         numeric = sum(1 for _, kind in spec if kind in _NUMERIC)
-        raw = b"".join(blobs if whole else [blobs[i] for i in picked])
-        nums = np.frombuffer(raw, dtype="<i8").reshape(len(idx), numeric)
+        if whole:
+            nums = words.reshape(n, numeric)
+        else:
+            nums = words[starts[idx][:, None] + np.arange(numeric)]
         values: list[Any] = []
         if any(kind in _TEXTUAL for _, kind in spec):
             chosen = texts if whole else [texts[i] for i in picked]
@@ -247,8 +280,8 @@ def _text_dtype() -> Any:
 def _gather(n: int, dtype: Any, parts: list[tuple[Any, str, Any]], convert: Callable[[Any], Any]) -> Any:
     import numpy as np
 
-    if len(parts) == 1:
-        return np.ascontiguousarray(convert(parts[0][2]), dtype=dtype)
+    if len(parts) == 1:  # a copy: the words are a read-only buffer
+        return np.array(convert(parts[0][2]), dtype=dtype)
     out = np.empty(n, dtype=dtype)
     for idx, _, part in parts:
         out[idx] = convert(part)

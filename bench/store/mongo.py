@@ -40,6 +40,7 @@ from pymongo.errors import (
 
 from bench.errors import StoreError
 from bench.store.base import (
+    ID_CHUNK,
     INDEXED_RUN_PATHS,
     RUNS_JSON_SCHEMA,
     check_limit,
@@ -58,7 +59,6 @@ from bench.store.base import (
     unique_ids,
 )
 from bench.store import flat
-from bench.store.base import ID_CHUNK
 from bench.store.journal import Journal, journal_path
 from bench.store.query import validate_filter, validate_sort
 from bench.store.steps import bucket_key, prepare_steps, unpack_bucket

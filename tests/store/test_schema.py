@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import bench.store.embedded as embedded
-from bench.store import SCHEMA_VERSION, EmbeddedStore
+from bench.store import EmbeddedStore
 from bench.store.embedded import FILE_VERSION
 from bench.store.base import INDEXED_RUN_PATHS
 from bench.store.mongo import COLLECTIONS
