@@ -193,3 +193,18 @@ def test_a_ray_grid_stopped_mid_trial_resumes_in_the_next_grid_from_its_checkpoi
         assert [m["epoch"] for m in sorted(store.get_metrics(trial.trial_id), key=lambda m: m["epoch"])] == list(
             range(1, EPOCHS + 1)
         )
+
+
+def test_kept_weights_on_ray_are_the_run_s_artifact(tmp_path: Path) -> None:
+    import torch
+
+    spec_path = tmp_path / "cluster.yaml"
+    spec_path.write_text(textwrap.dedent(SPEC).replace(f"epochs: {EPOCHS}", "epochs: 2").replace("[bn, gn]", "[gn]"))
+    (trial,) = load_spec(str(spec_path)).expand()
+    with EmbeddedStore(tmp_path / "s.sqlite") as store:
+        outcome = run_study(load_spec(str(spec_path)), store, GridOptions(executor="ray", keep_checkpoints=True))
+        run = store.get_run(trial.trial_id)
+    assert outcome.counts["completed"] == 1 and run["checkpoint"] is None
+    weights = torch.load(run["artifacts"]["weights"], weights_only=True)
+    assert any(k.endswith("weight") for k in weights)
+    assert not list((tmp_path / "ray").rglob("state.pt"))  # the state checkpoints went

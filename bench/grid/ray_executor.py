@@ -112,7 +112,8 @@ class StoreCallback(tune.Callback):
         trial_id = trial.config["trial_id"]
         reported = self._reported.pop(trial_id, {})
         if reported.get("event") == "weights":
-            self._weights[trial_id] = checkpoint.path
+            self._weights[trial_id] = f"{checkpoint.path.rstrip('/')}/{WEIGHTS_FILE}"  # the file, as locally
+            self._latest.pop(trial_id, None)  # Tune, keeping one checkpoint per trial, deleted the state
             return
         self._latest[trial_id] = checkpoint
         self.recorder.checkpointed(trial_id, {"path": checkpoint.path, "epoch": reported.get("epoch"), "step": reported.get("step")})
