@@ -692,7 +692,7 @@ def results_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=
         **{f"artifact: {name}": str(path) for name, path in (run.get("artifacts") or {}).items()},
     }
     if where:
-        table = Table("key", "value", title="files", box=None, title_justify="left")
+        table = Table("key", "value", title="where", box=None, title_justify="left")
         for k, v in where.items():
             table.add_row(k, escape(v))
         console.print(table)
