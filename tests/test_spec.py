@@ -179,8 +179,9 @@ def test_values_are_validated():
 
 def test_shipped_studies_expand():
     spec = load_spec("norm-vs-batch")
-    assert len(spec.expand()) == 5 * 6 * 3
-    assert len(load_spec("norm-vs-batch", profile="quick").expand()) == 5 * 6
+    assert len(spec.expand()) == 2 * 5 * 3
+    assert len(load_spec("norm-vs-batch", profile="quick").expand()) == 2 * 5
+    assert len(load_spec("norm-vs-batch", profile="single-device").expand()) == 5 * 6 * 3
 
 
 @pytest.mark.parametrize("path", list_specs(), ids=lambda p: p.stem)

@@ -129,7 +129,7 @@ def test_the_installed_command_runs_the_shipped_studies(venv, tmp_path):
     for path in (ROOT / "ablations").glob("*.yaml"):
         assert f" {path.stem} " in listing, listing
     plan = _bench(venv, work, "grid", "norm-vs-batch", "--dry-run", "--quick")
-    assert "norm-vs-batch@quick: 30 trials" in plan and "Nothing was run" in plan, plan
+    assert "norm-vs-batch@quick: 10 trials" in plan and "Nothing was run" in plan, plan
     trial = _bench(venv, work, "train", "--set", "dataset=synthetic", "--set", "epochs=1", "--no-save")
     assert "completed" in trial, trial
 
