@@ -44,6 +44,11 @@ def _version(package: str) -> str | None:
         return None
 
 
+def package_version() -> str | None:
+    """The installed distribution's version (None from a bare source tree)."""
+    return _version("ablation-bench")
+
+
 @functools.cache
 def source_revision(package_dir: Path = PACKAGE_DIR) -> tuple[str | None, bool | None]:
     """The git commit of the package's own source tree and whether it is dirty.
@@ -97,7 +102,7 @@ def environment(device: str | None = None, config: Any = None) -> dict[str, Any]
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "bench": _version("ablation-bench"),
+        "bench": package_version(),
         "git_commit": commit,
         "git_dirty": dirty,
         "torch": torch.__version__,

@@ -285,3 +285,51 @@ def test_runs_of_one_code_version_are_not_flagged(tmp_path: Path) -> None:
         _fill(store, spec_path, ["g1", "g1"], [False, False])
         text = write_report(load_spec(spec_path), store, tmp_path / "reports").read_text()
     assert "- Code revisions: `abc123` (4 runs)" in text and "code versions" not in text
+
+
+TINY_GRID = """\
+name: tiny-grid
+description: Two trials.
+base: {dataset: synthetic, arch: mlp, width: 8, epochs: 1, batch_size: 32}
+axes: {lr: [0.01, 0.1]}
+report: {kind: pivot, rows: lr, columns: batch_size}
+"""
+
+
+def test_each_grid_is_recorded_as_it_starts_and_the_report_prints_the_one_that_made_its_runs(tmp_path: Path, monkeypatch) -> None:
+    """The command, overrides, spec hash and revision are written before any trial runs;
+    a report names the grid of its own profile and overrides, never a later grid's
+    command, and a spec given as a path is rebuilt by that path."""
+    from bench.grid.options import GridOptions
+    from bench.grid.run import run_study
+    from bench.provenance import source_revision
+    from bench.report.writer import write_report
+    from bench.spec import load_spec
+    from bench.store import open_store
+
+    monkeypatch.chdir(tmp_path)
+    spec_path = tmp_path / "elsewhere" / "tiny-grid.yaml"
+    spec_path.parent.mkdir()
+    spec_path.write_text(TINY_GRID)
+    with open_store(str(tmp_path / "s.sqlite")) as store:
+        seen: list[dict] = []
+
+        def progress(plan, phase):  # called after the grid is recorded, before any trial runs
+            seen.append(store.get_study(plan.spec.key)["grids"][-1])
+            from contextlib import nullcontext
+
+            return nullcontext()
+
+        first = load_spec(str(spec_path))
+        run_study(first, store, GridOptions(executor="local"), command="bench grid elsewhere/tiny-grid.yaml",
+                  progress_factory=progress)
+        second = load_spec(str(spec_path), overrides={"epochs": 2})
+        run_study(second, store, GridOptions(executor="local"), command="bench grid elsewhere/tiny-grid.yaml --set epochs=2")
+        grids = store.get_study("tiny-grid")["grids"]
+        assert [g["command"] for g in grids] == ["bench grid elsewhere/tiny-grid.yaml", "bench grid elsewhere/tiny-grid.yaml --set epochs=2"]
+        assert seen == [grids[0]]
+        assert grids[0]["overrides"] == {} and grids[1]["overrides"] == {"epochs": 2}
+        assert grids[0]["spec_hash"] == first.spec_hash and grids[0]["git_commit"] == source_revision()[0]
+        text = write_report(first, store, tmp_path / "reports").read_text()
+    assert "- The runs: `bench grid elsewhere/tiny-grid.yaml`, started " in text and "--set epochs=2`" not in text
+    assert f"- Rebuild this report: `bench report {spec_path}`" in text

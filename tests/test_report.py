@@ -79,7 +79,8 @@ STUDY = {
     "base": {"dataset": "synthetic", "lr": 0.1, "lr_scaling": "linear", "lr_base_batch": 32, "epochs": 3},
     "report": {"rows": "norm", "columns": "batch_size", "metric": "final_val_acc"}, "source": "ablations/demo.yaml",
 }
-PROVENANCE = {"date": "2026-01-01T00:00:00+00:00", "store": "embedded /tmp/x.sqlite", "grid_command": "bench grid demo",
+PROVENANCE = {"date": "2026-01-01T00:00:00+00:00", "store": "embedded /tmp/x.sqlite", "grid": {"command": "bench grid demo", "git_commit": "0123456789ab",
+              "git_dirty": False, "bench": "0.1.0", "started_at": "2026-01-01T00:00:00+00:00"},
               "report_command": "bench report demo", "spec_hash": "abc123", "grid_spec_hash": "abc123",
               "devices": "cpu: x86_64", "versions": "torch 2"}
 

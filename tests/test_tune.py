@@ -185,7 +185,7 @@ def test_run_study_runs_the_sweep_then_the_tuned_round_and_counts_both(tmp_path,
         outcome = run_study(spec, store, GridOptions(executor="local"), progress_factory=progress, command="bench grid sweep")
         assert rounds == [("grid", 5), ("tuning", 4)]
         assert (outcome.planned, outcome.tuned, outcome.counts["completed"], outcome.unfinished) == (9, 4, 9, 0)
-        assert outcome.report is None and store.get_study("sweep")["command"] == "bench grid sweep"
+        assert outcome.report is None and store.get_study("sweep")["grids"][-1]["command"] == "bench grid sweep"
         again = run_study(spec, store, GridOptions(executor="local"))
         assert (again.planned, len(again.plan.cached), again.counts["done"]) == (0, 9, 0)
     finally:

@@ -276,7 +276,7 @@ def test_report_footer_masks_passwords():
     from bench.report.markdown import _provenance_lines
 
     prov = {"date": "today", "store": "mongodb://u:***@h/db",
-            "grid_command": "bench --mongo-uri mongodb://u:s3cret@h:27017/db?authSource=admin grid st",
+            "grid": {"command": "bench --mongo-uri mongodb://u:s3cret@h:27017/db?authSource=admin grid st"},
             "report_command": "bench --store 'mongodb://u:s3cret@h/db' report st"}
     lines = _provenance_lines(prov, {}, SimpleNamespace(ci="t", alpha=0.05, correction="none"), pd.DataFrame())
     text = "\n".join(lines)

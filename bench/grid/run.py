@@ -25,13 +25,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.grid.local import run_local
 from bench.grid.options import GridOptions
 from bench.grid.planning import GridPlan, plan, plan_tuning, register
 from bench.grid.recorder import Progress, Recorder
+from bench.provenance import package_version, source_revision, utcnow
 from bench.spec import StudySpec, TrialConfig
 from bench.store.base import STALE_AFTER
 
@@ -120,8 +121,9 @@ def run_study(
     command: str | None = None,
 ) -> StudyRun:
     """Runs a study's grid and, for a tuned study whose sweep finished, its tuned re-runs;
-    then saves ``command`` (the command line that ran it) with the study and writes its
-    report into ``report_dir`` (None: no report). Finished trials made by other code or
+    writes its report into ``report_dir`` (None: no report). Before any trial runs, the grid
+    is recorded with the study (:func:`record_grid`: ``command``, the command line that ran
+    it, and the code revision). Finished trials made by other code or
     on other data than now are run again, unless ``keep_old``.
 
     ``progress_factory(plan, phase)``, phase ``"grid"`` then ``"tuning"``, is called before
@@ -136,6 +138,7 @@ def run_study(
     first = plan(spec, store, stale_after=stale_after, keep_old=keep_old, data_dir=options.data_dir)
     if first.todo and not on_cluster:  # on a cluster, each node is checked for its own data (ray_executor)
         check_datasets(first.todo, options.data_dir)
+    record_grid(store, spec, command)  # before any trial: what ran them is known even if it is stopped
     outcome = StudyRun(first, {}, len(first.todo))
     outcome.counts = _run_round(first, "grid", store, options, progress_factory, outcome.write_errors)
     if spec.tune and outcome.counts["done"] == len(first.todo):
@@ -145,13 +148,36 @@ def run_study(
             outcome.counts = {k: outcome.counts.get(k, 0) + v for k, v in counts.items()}
             outcome.planned += len(tuned.todo)
             outcome.tuned = len(tuned.todo)
-    if command:
-        store.save_study(spec.key, {"command": command})
     if report_dir is not None:
         from bench.report.writer import write_report  # pandas, matplotlib
 
-        outcome.report = write_report(spec, store, report_dir, grid_command=command)
+        outcome.report = write_report(spec, store, report_dir)
     return outcome
+
+
+GRIDS_KEPT = 50  # grid records a study document keeps (the newest)
+
+
+def record_grid(store: ResultStore, spec: StudySpec, command: str | None) -> dict[str, Any]:
+    """Appends this grid to the study document's ``grids``, when it starts: the command line
+    (None when run from the Python API), the profile and ``--set`` overrides it ran with
+    (reports pick the grid that matches theirs), the spec's hash, the code revision (commit
+    and dirty flag) and the package version. Written once, as it happens; reports print
+    it and never rebuild it."""
+    commit, dirty = source_revision()
+    entry = {
+        "command": command,
+        "profile": spec.profile,
+        "overrides": dict(spec.overrides),
+        "spec_hash": spec.spec_hash,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "bench": package_version(),
+        "started_at": utcnow(),
+    }
+    grids = list((store.get_study(spec.key) or {}).get("grids") or [])
+    store.save_study(spec.key, {"grids": [*grids[-(GRIDS_KEPT - 1):], entry]})
+    return entry
 
 
 def _run_round(

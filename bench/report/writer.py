@@ -82,11 +82,36 @@ def report_flags(overrides: Mapping[str, Any]) -> str:
     return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in overrides.items() if v is not None)
 
 
+def grid_record(study: Mapping[str, Any], spec: StudySpec) -> dict[str, Any] | None:
+    """The newest grid recorded with the study (:func:`bench.grid.run.record_grid`) that ran
+    this profile with these ``--set`` overrides: what made the report's trials. A study
+    document from before grids were recorded has its last command only (``command``),
+    given as it is. None when nothing was recorded: a report never makes one up."""
+    for grid in reversed(study.get("grids") or []):
+        if grid.get("profile", "default") == spec.profile and dict(grid.get("overrides") or {}) == dict(spec.overrides):
+            return dict(grid)
+    if study.get("command"):
+        return {"command": study["command"], "legacy": True}
+    return None
+
+
+def spec_argument(spec: StudySpec) -> str:
+    """How to name the spec on a command line: its name when that finds this very file
+    (a shipped or ``./ablations/`` study), else the path it was loaded from."""
+    from bench.spec.study import resolve_spec_path
+
+    try:
+        if resolve_spec_path(spec.name).resolve() == Path(spec.source).resolve():
+            return spec.name
+    except BenchError:
+        pass
+    return spec.source
+
+
 def write_report(
     spec: StudySpec,
     store: ResultStore,
     reports_dir: str | Path = "reports",
-    grid_command: str | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
@@ -129,13 +154,16 @@ def write_report(
     )
     sets = " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in spec.overrides.items())
     profile = "" if spec.profile == "default" else f" --profile {spec.profile}"
+    grid = grid_record(stored_study, spec)
     provenance: dict[str, Any] = {
         "date": utcnow(),
         "store": f"{store.kind} {store.location}",
-        "grid_command": grid_command or stored_study.get("command") or f"bench grid {spec.name}{profile} {sets}".strip(),
-        "report_command": " ".join(p for p in (f"bench report {spec.name}{profile}", sets, report_flags(overrides)) if p),
+        "grid": grid,
+        "report_command": " ".join(
+            p for p in (f"bench report {shlex.quote(spec_argument(spec))}{profile}", sets, report_flags(overrides)) if p
+        ),
         "spec_hash": spec.spec_hash,
-        "grid_spec_hash": stored_study.get("spec_hash"),
+        "grid_spec_hash": (grid or {}).get("spec_hash") or stored_study.get("spec_hash"),
         "report_libraries": _libraries(),
         "devices": _summarize([e.get("device", "") for e in envs]),
         "versions": versions,
