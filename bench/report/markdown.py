@@ -2,8 +2,9 @@
 per-step DataFrames and a provenance mapping in; markdown text, named figures and
 exportable tables out.
 
-A report is the study's set-up (with what its budget holds equal), then its sections in
-the spec's order, each built by its kind (:mod:`bench.report.sections`), then the outcome
+A report opens with its findings (each published claim the study tests, with its
+verdict: :mod:`bench.report.findings`), then the study's set-up (with what its budget
+holds equal), then its sections in the spec's order, each built by its kind (:mod:`bench.report.sections`), then the outcome
 of every trial and a reproducibility footer.
 """
 
@@ -18,7 +19,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.report.budget import budget_lines
+from bench.report.claims import evaluate
 from bench.report.export import ExportTable
+from bench.report.findings import FINDINGS_TABLE, findings_lines, findings_table
 from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.schema import ReportSpec, SectionSpec, parse_report
 from bench.report.sections._common import varied_keys
@@ -60,6 +63,11 @@ def build_report(
     out = [f"# {spec.title or key}", ""]
     if study.get("description"):
         out += [str(study["description"]).strip(), ""]
+    verdicts = evaluate(spec.claims, frame, alpha=spec.alpha)
+    out += ["## Findings", "", *findings_lines(verdicts, spec.alpha)]
+    if verdicts:
+        report.tables[f"{key.replace('@', '-')}/{FINDINGS_TABLE}"] = findings_table(verdicts)
+        out += [f"Table: [{FINDINGS_TABLE}.csv]({key.replace('@', '-')}/{FINDINGS_TABLE}.csv)", ""]
     out += ["## Set-up", "", *_setup_lines(study, frame), *budget_lines(spec.budget, frame), ""]
     prefix = key.replace("@", "-")
     for section in spec.sections:

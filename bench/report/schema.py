@@ -42,6 +42,7 @@ from typing import Any
 import bench.report.sections  # noqa: F401  (registers the section kinds)
 from bench.errors import ConfigError
 from bench.metrics import EPOCH_METRICS, RUN_METRICS
+from bench.report.claims import Claim, parse_claims
 from bench.report.kinds import SECTIONS, Option, SectionKind
 from bench.report.stats import CI_METHODS, CORRECTIONS
 from bench.spec import CONFIG_FIELDS
@@ -59,6 +60,7 @@ REPORT_OPTIONS: dict[str, Option] = {
     "alpha": Option("significance level of the paired tests; intervals are at 1 − alpha", "number", 0.05),
     "correction": Option("multiple-comparison adjustment of the tests of one table", "choice", "none", choices=CORRECTIONS),
     "sections": Option("the list of sections", "text"),  # checked by hand
+    "claims": Option("the published claims the study tests (bench.report.claims)", "text"),  # checked by hand
 }
 #: The report-level keys (the short form also takes its section's keys and ``plot``).
 REPORT_KEYS = tuple(REPORT_OPTIONS)
@@ -92,6 +94,7 @@ class ReportSpec:
     correction: str = "none"
     baseline: Mapping[str, Any] | None = None
     sections: tuple[SectionSpec, ...] = field(default_factory=tuple)
+    claims: tuple[Claim, ...] = field(default_factory=tuple)
 
     @property
     def level(self) -> float:
@@ -147,7 +150,7 @@ def parse_report(
     settings = {
         k: checker.value("report", k, top[k] if top.get(k) is not None else option.default, option)
         for k, option in REPORT_OPTIONS.items()
-        if k != "sections"
+        if k not in ("sections", "claims")
     }
     if not 0 < settings["alpha"] < 1:
         raise ConfigError(f"report.alpha is a significance level in (0, 1), such as 0.05; got {settings['alpha']}.")
@@ -169,6 +172,7 @@ def parse_report(
         correction=settings["correction"],
         baseline=settings["baseline"],
         sections=tuple(specs),
+        claims=parse_claims(top.get("claims"), checker, settings["metric"]),
     )
 
 

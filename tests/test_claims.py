@@ -1,0 +1,152 @@
+"""Published claims, checked by the report: parsing, each kind's verdict, the seeds rule,
+the planning figure, and the Findings section that opens every report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.errors import ConfigError
+from bench.report.claims import MIN_SEEDS, evaluate, seeds_needed
+from bench.report.markdown import build_report
+from bench.report.schema import parse_report
+
+STUDY = {
+    "name": "demo",
+    "axes": {"norm": ["bn", "gn"], "batch_size": [2, 4, 8, 16]},
+    "base": {"arch": "cnn"},
+    "seeds": [0, 1, 2],
+}
+SOURCE = "Wu & He 2018, Figure 1"
+
+
+def frame(acc: dict[tuple[str, int], list[float]], status: dict[tuple[str, int, int], str] | None = None) -> pd.DataFrame:
+    """One completed run per (norm, batch_size, seed) with the given accuracies (fractions)."""
+    rows = []
+    for (norm, batch), values in acc.items():
+        for seed, value in enumerate(values):
+            rows.append({"run_id": f"{norm}-{batch}-{seed}", "norm": norm, "batch_size": batch, "seed": seed,
+                         "arch": "cnn", "status": (status or {}).get((norm, batch, seed), "completed"),
+                         "final_val_acc": value, "loss_spikes": 0.0})
+    return pd.DataFrame(rows)
+
+
+def claims(*docs: dict) -> tuple:
+    return parse_report({"claims": [{"source": SOURCE, "statement": "s", **d} for d in docs]}, STUDY).claims
+
+
+def verdict(doc: dict, runs: pd.DataFrame, alpha: float = 0.05):
+    return evaluate(claims({"name": "c", **doc}), runs, alpha=alpha)[0]
+
+
+GN_BEATS_BN = {"kind": "difference", "a": {"norm": "gn", "batch_size": 2}, "b": {"norm": "bn", "batch_size": 2}, "expect": "higher"}
+
+
+def test_a_difference_is_reproduced_contradicted_or_inconclusive_by_its_interval():
+    up = frame({("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81]})
+    v = verdict(GN_BEATS_BN, up)
+    d = np.array([5.0, 6.0, 6.0])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert v.verdict == "reproduced" and v.n == 3
+    assert v.effect == pytest.approx(d.mean()) and (v.low, v.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert v.p == pytest.approx(stats.ttest_rel([85, 86, 87], [80, 80, 81]).pvalue)
+    assert verdict({**GN_BEATS_BN, "expect": "lower"}, up).verdict == "contradicted"
+    # a margin larger than the effect: the interval lies below it
+    assert verdict({**GN_BEATS_BN, "margin": 10}, up).verdict == "contradicted"
+    noisy = frame({("gn", 2): [0.85, 0.80, 0.87], ("bn", 2): [0.80, 0.84, 0.81]})
+    v = verdict(GN_BEATS_BN, noisy)
+    assert v.verdict == "inconclusive" and v.seeds_needed is not None and v.seeds_needed > 3
+
+
+def test_fewer_than_three_seeds_never_decide():
+    two = frame({("gn", 2): [0.90, 0.91], ("bn", 2): [0.50, 0.51]})
+    v = verdict(GN_BEATS_BN, two)
+    assert v.verdict == "inconclusive" and v.n == 2 and "fewer than 3 seeds" in v.reason
+    # a diverged seed leaves two pairs: inconclusive too
+    three = frame({("gn", 2): [0.90, 0.91, 0.92], ("bn", 2): [0.50, 0.51, 0.52]}, status={("bn", 2, 1): "diverged"})
+    assert verdict(GN_BEATS_BN, three).n == 2 and verdict(GN_BEATS_BN, three).verdict == "inconclusive"
+    assert MIN_SEEDS == 3
+
+
+def test_a_trend_is_the_least_squares_slope_per_doubling():
+    acc = {("bn", b): [0.80 + 0.01 * math.log2(b) + e for e in (0.0, 0.002, -0.002)] for b in (2, 4, 8, 16)}
+    runs = frame(acc)
+    v = verdict({"kind": "trend", "where": {"norm": "bn"}, "over": "batch_size", "expect": "increasing"}, runs)
+    x = np.repeat(np.log2([2, 4, 8, 16]), 3)
+    y = np.array([acc[("bn", b)][s] * 100 for b in (2, 4, 8, 16) for s in range(3)])
+    fit = stats.linregress(x, y)
+    assert v.verdict == "reproduced" and v.effect == pytest.approx(fit.slope) and v.effect == pytest.approx(1.0, abs=1e-9)
+    assert "0 of 3 steps" in v.reason
+    assert verdict({"kind": "trend", "where": {"norm": "bn"}, "over": "batch_size", "expect": "decreasing"}, runs).verdict == "contradicted"
+
+
+def test_flat_needs_every_level_within_the_tolerance_of_the_reference():
+    flat = {("gn", b): [0.80 + d, 0.81 + d, 0.805 + d] for b, d in ((2, 0.001), (4, -0.002), (8, 0.0), (16, 0.0))}
+    claim = {"kind": "flat", "where": {"norm": "gn"}, "over": "batch_size", "tolerance": 1.0, "reference": 16}
+    v = verdict(claim, frame(flat))
+    assert v.verdict == "reproduced" and v.effect == pytest.approx(0.2) and "batch_size=4" in v.effect_text
+    falls = {**flat, ("gn", 2): [0.70, 0.71, 0.705]}
+    v = verdict(claim, frame(falls))
+    assert v.verdict == "contradicted" and v.effect == pytest.approx(10.0) and "batch_size=2" in v.reason
+
+
+def test_count_compares_runs_with_an_event_with_fishers_exact_test():
+    runs = frame({("gn", 2): [0.8] * 6, ("bn", 2): [0.8] * 6})
+    runs.loc[runs["norm"] == "bn", "loss_spikes"] = [3, 1, 2, 4, 1, 2]
+    doc = {"kind": "count", "a": {"norm": "gn", "batch_size": 2}, "b": {"norm": "bn", "batch_size": 2},
+           "event": {"metric": "loss_spikes", "above": 0}, "expect": "fewer"}
+    v = verdict(doc, runs)
+    assert v.verdict == "reproduced" and v.p == pytest.approx(stats.fisher_exact([[0, 6], [6, 0]]).pvalue)
+    assert v.effect == pytest.approx(-100.0)
+    assert verdict({**doc, "expect": "more"}, runs).verdict == "contradicted"
+
+
+def test_seeds_needed_is_the_smallest_n_with_the_power():
+    k = seeds_needed(1.0, 2.0, 0.05, lambda n: n - 1, math.sqrt)
+    power = lambda n: stats.nct.sf(stats.t.ppf(0.975, n - 1), n - 1, 1.0 * math.sqrt(n) / 2.0)  # noqa: E731
+    assert power(k) >= 0.8 > power(k - 1)
+    assert 30 < k < 40  # (z_.975 + z_.8)² · 4 ≈ 31.4, plus the t correction
+    assert seeds_needed(0.0, 1.0, 0.05, lambda n: n - 1, math.sqrt) is None
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"kind": "difference", "a": {"norm": "gn"}, "b": {"norm": "bn"}, "expect": "higher", "source": ""}, "needs `source`"),
+        ({"kind": "difference", "a": {"norm": "gn"}, "b": {"norm": "xx"}, "expect": "higher"}, "no trial of this study has"),
+        ({"kind": "difference", "a": {"norm": "gn"}, "b": {"norm": "bn"}, "expect": "better"}, "higher or lower"),
+        ({"kind": "trend", "where": {"norm": "gn"}, "over": "batch_size"}, "needs `expect`"),
+        ({"kind": "flat", "where": {"norm": "gn"}, "over": "batch_size", "tolerance": 1, "reference": 3}, "`reference` is 3"),
+        ({"kind": "wobble"}, "`kind` must be one of"),
+        ({"kind": "difference", "a": {"norm": "gn"}, "b": {"norm": "bn"}, "expect": "higher", "margn": 1}, "no key 'margn'"),
+        ({"kind": "count", "a": {"norm": "gn"}, "b": {"norm": "bn"}, "expect": "fewer", "event": {"metric": "nope", "above": 0}}, "`event`"),
+    ],
+)
+def test_claim_mistakes_are_one_clear_error(doc, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", ".")):
+        parse_report({"claims": [{"name": "c", "statement": "s", "source": SOURCE, **doc}]}, STUDY)
+
+
+def test_a_selector_that_matches_several_configurations_is_refused_when_evaluated():
+    runs = frame({("gn", 2): [0.8] * 3, ("gn", 4): [0.8] * 3, ("bn", 2): [0.8] * 3})
+    with pytest.raises(ConfigError, match="matches 2 configurations"):
+        verdict({"kind": "difference", "a": {"norm": "gn"}, "b": {"norm": "bn"}, "expect": "higher"}, runs)
+
+
+def test_every_report_opens_with_findings():
+    runs = frame({("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81]})
+    study = {**STUDY, "report": {"kind": "pivot", "rows": "norm", "columns": "batch_size",
+                                 "claims": [{"name": "gn-wins", "statement": "GN beats BN at 2", "source": SOURCE, **GN_BEATS_BN}]}}
+    report = build_report(study, runs, {"date": "d"})
+    headings = [line for line in report.text.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Findings"
+    assert "| GN beats BN at 2 (`gn-wins`) | Wu & He 2018, Figure 1 | **reproduced**" in report.text
+    assert "1 published claim tested: 1 reproduced." in report.text
+    assert report.tables["demo/findings"].numbers["verdict"].tolist() == ["reproduced"]
+    bare = build_report({**STUDY, "report": {"kind": "pivot", "rows": "norm", "columns": "batch_size"}}, runs, {"date": "d"})
+    assert [line for line in bare.text.splitlines() if line.startswith("## ")][0] == "## Findings"
+    assert "declares no published claim" in bare.text
