@@ -150,3 +150,23 @@ def test_every_report_opens_with_findings():
     bare = build_report({**STUDY, "report": {"kind": "pivot", "rows": "norm", "columns": "batch_size"}}, runs, {"date": "d"})
     assert [line for line in bare.text.splitlines() if line.startswith("## ")][0] == "## Findings"
     assert "declares no published claim" in bare.text
+
+
+def test_a_tuned_claim_reads_each_configuration_at_its_tuned_value():
+    study = {"name": "sweep", "variants": {"adam": {"optimizer": "adam"}, "adamw": {"optimizer": "adamw"}},
+             "axes": {}, "base": {}, "tune": {"over": "lr", "metric": "final_val_acc", "seeds": [1, 2]}}
+    rows = []
+    for variant, chosen in (("adam", 0.001), ("adamw", 0.003)):
+        for lr in (0.001, 0.003):
+            rows.append({"variant": variant, "optimizer": variant, "lr": lr, "seed": 0, "status": "completed",
+                         "final_val_acc": 0.5 if lr != chosen else 0.8 + (variant == "adamw") * 0.05})
+        rows += [{"variant": variant, "optimizer": variant, "lr": chosen, "seed": s, "status": "completed",
+                  "final_val_acc": 0.8 + (variant == "adamw") * 0.05 + s * 0.001} for s in (1, 2)]
+    runs = pd.DataFrame(rows)
+    doc = {"name": "adamw-wins", "statement": "s", "source": SOURCE, "kind": "difference", "tuned": True,
+           "a": {"variant": "adamw"}, "b": {"variant": "adam"}, "expect": "higher"}
+    (claim,) = parse_report({"claims": [doc]}, study).claims
+    (v,) = evaluate([claim], runs, tune=study["tune"])
+    assert v.n == 3 and v.effect == pytest.approx(5.0) and v.verdict == "reproduced"
+    with pytest.raises(ConfigError, match="has no `tune`"):
+        parse_report({"claims": [doc]}, {**study, "tune": {}})

@@ -19,6 +19,10 @@ with the paper it comes from::
       - {name: fewer-spikes, kind: count, a: {...}, b: {...},
          event: {metric: loss_spikes, above: 0}, expect: fewer, ...}   # runs with the event
 
+``a`` and ``b`` (and ``where`` at each level of ``over``) name one configuration each; a
+``count`` claim pools the runs of every configuration they match. In a tuned study,
+``tuned: true`` reads each configuration at its tuned value only.
+
 Each claim gets one verdict:
 
 - **reproduced**: the (1 − α) confidence interval of the effect lies entirely on the
@@ -64,7 +68,7 @@ SCALES = ("log2", "linear")
 #: Keys every claim takes, then each kind's own (required ones first).
 COMMON_KEYS = ("name", "statement", "source", "kind", "metric", "note")
 KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "difference": (("a", "b", "expect"), ("margin",)),
+    "difference": (("a", "b", "expect"), ("margin", "tuned")),
     "trend": (("where", "over", "expect"), ("scale", "margin")),
     "flat": (("where", "over", "tolerance"), ("reference",)),
     "count": (("a", "b", "event", "expect"), ()),
@@ -182,6 +186,12 @@ def _claim(index: int, doc: dict[str, Any], checker: Any, default_metric: str) -
         options["scale"] = scale
     if kind == "count":
         options["event"] = _event(where, doc["event"])
+    if "tuned" in doc:
+        if not isinstance(doc["tuned"], bool):
+            raise ConfigError(f"{where}: `tuned` is true or false; got {doc['tuned']!r}.")
+        if doc["tuned"] and not checker.tuned:
+            raise ConfigError(f"{where}: `tuned: true` reads each configuration at its tuned value, but the study has no `tune`.")
+        options["tuned"] = doc["tuned"]
     return Claim(str(doc["name"]), doc["statement"], doc["source"], kind, metric, options, doc.get("note", ""))
 
 
@@ -206,16 +216,37 @@ def _event(where: str, event: Any) -> dict[str, Any]:
 # -- evaluation -----------------------------------------------------------------------------
 
 
-def evaluate(claims: Sequence[Claim], runs: pd.DataFrame, *, alpha: float = 0.05) -> list[Verdict]:
+def evaluate(
+    claims: Sequence[Claim], runs: pd.DataFrame, *, alpha: float = 0.05, tune: Mapping[str, Any] | None = None
+) -> list[Verdict]:
     """The verdict of each claim over ``runs`` (one row per trial: status, seed, config
-    columns, ``variant`` when the study has variants, and the run metrics)."""
-    return [EVALUATORS[c.kind](c, runs, alpha) for c in claims]
+    columns, ``variant`` when the study has variants, and the run metrics). ``tune``: the
+    study's tuning block; a claim with ``tuned: true`` reads only the tuned configurations
+    (:func:`tuned_runs`)."""
+    tuned = tuned_runs(runs, tune) if tune else runs.iloc[0:0]
+    return [EVALUATORS[c.kind](c, tuned if c.options.get("tuned") else runs, alpha) for c in claims]
 
 
-def _select(runs: pd.DataFrame, selector: Mapping[str, Sequence[Any]], claim: Claim, key: str) -> pd.DataFrame:
+def tuned_runs(runs: pd.DataFrame, tune: Mapping[str, Any]) -> pd.DataFrame:
+    """The runs of the configurations a tuned study re-ran (those with a run at one of
+    ``tune.seeds``), every seed of them: each configuration at its chosen value."""
+    from bench.spec import CONFIG_FIELDS
+
+    seeds = list(tune.get("seeds") or [])
+    columns = [c for c in (*CONFIG_FIELDS, "variant") if c in runs and c != "seed"]
+    if runs.empty or not seeds or not columns:
+        return runs.iloc[0:0]
+    keys = runs[columns].astype(str).agg("\x1f".join, axis=1)
+    chosen = set(keys[runs["seed"].isin(seeds)])
+    return runs[keys.isin(chosen)]
+
+
+def _select(
+    runs: pd.DataFrame, selector: Mapping[str, Sequence[Any]], claim: Claim, key: str, *, single: bool = True
+) -> pd.DataFrame:
     for column, values in selector.items():
         runs = runs[runs[column].isin(list(values))] if column in runs else runs.iloc[0:0]
-    configs = _configurations(runs)
+    configs = _configurations(runs) if single else 1
     if configs > 1:
         raise ConfigError(
             f"report.claims ({claim.name}): `{key}` {dict(selector)} matches {configs} configurations; it must name "
@@ -402,8 +433,8 @@ def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
 
 
 def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
-    a_runs = _select(runs, claim.options["a"], claim, "a")
-    b_runs = _select(runs, claim.options["b"], claim, "b")
+    a_runs = _select(runs, claim.options["a"], claim, "a", single=False)  # runs pooled over the configurations
+    b_runs = _select(runs, claim.options["b"], claim, "b", single=False)
     event = claim.options["event"]
     ka, na = _events(a_runs, event)
     kb, nb = _events(b_runs, event)

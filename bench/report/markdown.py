@@ -63,7 +63,7 @@ def build_report(
     out = [f"# {spec.title or key}", ""]
     if study.get("description"):
         out += [str(study["description"]).strip(), ""]
-    verdicts = evaluate(spec.claims, frame, alpha=spec.alpha)
+    verdicts = evaluate(spec.claims, frame, alpha=spec.alpha, tune=study.get("tune"))
     out += ["## Findings", "", *findings_lines(verdicts, spec.alpha)]
     if verdicts:
         report.tables[f"{key.replace('@', '-')}/{FINDINGS_TABLE}"] = findings_table(verdicts)

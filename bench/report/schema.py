@@ -104,7 +104,7 @@ class ReportSpec:
 def check_study(spec: Any) -> None:
     """A loaded study's report block, checked before anything runs (a StudySpec: its axes,
     zip, variants and base name what the report may refer to)."""
-    study = {"axes": spec.axes, "zip": spec.zip, "variants": spec.variants, "base": spec.base}
+    study = {"axes": spec.axes, "zip": spec.zip, "variants": spec.variants, "base": spec.base, "tune": spec.tune}
     try:
         parse_report(spec.report, study)
     except ConfigError as exc:
@@ -263,6 +263,7 @@ class _Checker:
         self.axes = {**(study.get("axes") or {}), **(study.get("zip") or {})}
         self.base = dict(study.get("base") or {})
         self.columns = sorted({*CONFIG_FIELDS, "effective_lr", *(["variant"] if self.variants else [])})
+        self.tuned = bool(study.get("tune"))
 
     def key(self, where: str, option: str, value: Any) -> str:
         if not isinstance(value, str) or value not in self.columns:
