@@ -230,13 +230,10 @@ def evaluate(
 def tuned_runs(runs: pd.DataFrame, tune: Mapping[str, Any]) -> pd.DataFrame:
     """The runs of the configurations a tuned study re-ran (those with a run at one of
     ``tune.seeds``), every seed of them: each configuration at its chosen value."""
-    from bench.spec import CONFIG_FIELDS
-
     seeds = list(tune.get("seeds") or [])
-    columns = [c for c in (*CONFIG_FIELDS, "variant") if c in runs and c != "seed"]
-    if runs.empty or not seeds or not columns:
+    if runs.empty or not seeds:
         return runs.iloc[0:0]
-    keys = runs[columns].astype(str).agg("\x1f".join, axis=1)
+    keys = config_keys(runs)
     chosen = set(keys[runs["seed"].isin(seeds)])
     return runs[keys.isin(chosen)]
 
@@ -256,12 +253,26 @@ def _select(
 
 
 def _configurations(runs: pd.DataFrame) -> int:
+    """Distinct configurations among ``runs``, seeds aside. A field a run does not have
+    (stored before the field existed) holds its default, as the trial id counts it."""
+    if runs.empty:
+        return 0
+    return len(config_keys(runs).drop_duplicates())
+
+
+def config_keys(runs: pd.DataFrame) -> pd.Series:
+    """One text key per run naming its configuration (every config field but the seed, and
+    the variant), missing fields read as their defaults."""
     from bench.spec import CONFIG_FIELDS
 
     columns = [c for c in (*CONFIG_FIELDS, "variant") if c in runs and c != "seed"]
-    if runs.empty or not columns:
-        return len(runs.index[:1])
-    return len(runs[columns].astype(str).drop_duplicates())
+    if not columns:
+        return pd.Series([""] * len(runs), index=runs.index)
+    parts = []
+    for column in columns:
+        default = CONFIG_FIELDS[column].default if column in CONFIG_FIELDS else None
+        parts.append(runs[column].map(lambda v, d=default: repr(d if v is None or (isinstance(v, float) and math.isnan(v)) else v)))
+    return pd.concat(parts, axis=1).agg("\x1f".join, axis=1)
 
 
 def _values(runs: pd.DataFrame, metric: Metric) -> dict[int, float]:
@@ -311,10 +322,19 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     return Verdict(
         claim, verdict, effect, low, high, p, n,
         f"paired t-test over {n} seeds, H0: difference = {margin:g}",
-        f"{_describe(claim.options['a'])} − {_describe(claim.options['b'])}"
+        _contrast(claim.options["a"], claim.options["b"])
         + ("" if sign > 0 else " (sign reversed: lower is the claim)") + f", {_unit(metric)}; claimed {word} by > {margin:g}",
         needed, reason,
     )
+
+
+def _contrast(a: Mapping[str, Sequence[Any]], b: Mapping[str, Sequence[Any]]) -> str:
+    """``lars − sgd-momentum at batch_size=1024``: what differs, then what both share."""
+    shared = {k: v for k, v in a.items() if b.get(k) == v}
+    left = {k: v for k, v in a.items() if k not in shared}
+    right = {k: v for k, v in b.items() if k not in shared}
+    text = f"{_describe(left, bare=True)} − {_describe(right, bare=True)}"
+    return text + (f" at {_describe(shared)}" if shared else "")
 
 
 def _t_p(estimate: float, se: float, df: int) -> float:
@@ -442,7 +462,7 @@ def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     n = min(na, nb)
     test = f"Fisher's exact test, {ka}/{na} vs {kb}/{nb} runs"
     what = _event_text(event)
-    unit = f"share of runs with {what}, {_describe(claim.options['a'])} − {_describe(claim.options['b'])} (points)"
+    unit = f"share of runs with {what}, {_contrast(claim.options['a'], claim.options['b'])} (points)"
     if not na or not nb:
         return Verdict(claim, "inconclusive", math.nan, math.nan, math.nan, math.nan, n, test, unit, None, "no runs")
     effect = 100.0 * (ka / na - kb / nb)
@@ -479,8 +499,12 @@ def _event_text(event: Mapping[str, Any]) -> str:
     return f"{event['metric']} {'>' if 'above' in event else '<'} {event.get('above', event.get('below')):g}"
 
 
-def _describe(selector: Mapping[str, Sequence[Any]]) -> str:
-    return ", ".join(f"{k}={v[0] if len(v) == 1 else v}" for k, v in selector.items())
+def _describe(selector: Mapping[str, Sequence[Any]], *, bare: bool = False) -> str:
+    """``variant=lars, batch_size=1024``; ``bare``: a lone key's value only (``lars``)."""
+    if bare and len(selector) == 1:
+        (values,) = selector.values()
+        return str(values[0]) if len(values) == 1 else str(list(values))
+    return ", ".join(f"{k}={v[0] if len(v) == 1 else list(v)}" for k, v in selector.items())
 
 
 EVALUATORS = {"difference": _difference, "trend": _trend, "flat": _flat, "count": _count}

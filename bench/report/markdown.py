@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.report.budget import budget_lines
-from bench.report.claims import evaluate
+from bench.report.claims import config_keys, evaluate
 from bench.report.export import ExportTable
 from bench.report.findings import FINDINGS_TABLE, findings_lines, findings_table
 from bench.report.kinds import SECTIONS, SectionInput
@@ -147,8 +147,11 @@ def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
             f"is re-run with seeds {', '.join(str(s) for s in tune['seeds'])} (the DeepOBS protocol)"
         )
         lines += _tuning_lines(study, frame)
-    if base:
-        lines.append("- Fixed: " + ", ".join(f"`{k}={v}`" for k, v in base.items()))
+    fixed, varying = _fixed_and_varying(base, frame, variants)
+    if fixed:
+        lines.append("- Fixed: " + ", ".join(f"`{k}={v}`" for k, v in fixed.items()))
+    for key, by_variant in varying.items():
+        lines.append(f"- `{key}` by variant: " + ", ".join(f"{name} `{value}`" for name, value in by_variant.items()))
     if "lr_scaling" in base or "lr" in base:
         rule = base.get("lr_scaling", "linear")
         lr = f"`lr={base['lr']}`" if "lr" in base else "`lr` as each variant or axis sets it"
@@ -158,6 +161,36 @@ def _setup_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
         )
         lines.append(f"- Learning rate: {lr}, {scaling} (the effective lr of each run is stored with it)")
     return lines
+
+
+def _fixed_and_varying(
+    base: Mapping[str, Any], frame: pd.DataFrame, variants: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The base values every trial has (read from the trials' configs, not from the spec:
+    a variant may override one), and, per base key some trials differ on, each variant's
+    value (several values of one variant are listed together)."""
+    fixed: dict[str, Any] = {}
+    varying: dict[str, dict[str, Any]] = {}
+    for key, value in base.items():
+        values = frame[key].dropna().map(_plain) if key in frame else pd.Series(dtype=object)
+        if values.empty or (values == _plain(value)).all():
+            fixed[key] = value
+            continue
+        if "variant" in frame and variants:
+            rows = frame[frame[key].notna()]
+            varying[key] = {
+                str(name): ", ".join(str(v) for v in dict.fromkeys(part[key].map(_plain)))
+                for name, part in rows.groupby("variant", sort=False)
+            }
+        else:
+            varying[key] = {"trials": ", ".join(str(v) for v in dict.fromkeys(values))}
+    return fixed, varying
+
+
+def _plain(value: Any) -> Any:
+    """A config value comparable across rows (lists as tuples, floats that are whole kept as
+    given)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def tuning_choices(study: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
@@ -205,8 +238,7 @@ def _tuning_lines(study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
 def _configurations(frame: pd.DataFrame) -> int:
     """Distinct configs among the trials, seeds aside (a variant that pins an axis makes
     fewer than variants × axes)."""
-    columns = [c for c in CONFIG_FIELDS if c != "seed" and c in frame]
-    return len(frame[columns].drop_duplicates()) if columns and not frame.empty else len(frame)
+    return len(config_keys(frame.drop(columns="variant", errors="ignore")).drop_duplicates()) if not frame.empty else 0
 
 
 def _outcome_lines(frame: pd.DataFrame) -> list[str]:
