@@ -170,3 +170,28 @@ def test_a_tuned_claim_reads_each_configuration_at_its_tuned_value():
     assert v.n == 3 and v.effect == pytest.approx(5.0) and v.verdict == "reproduced"
     with pytest.raises(ConfigError, match="has no `tune`"):
         parse_report({"claims": [doc]}, {**study, "tune": {}})
+
+
+def test_an_interaction_asks_whether_a_difference_differs_between_settings():
+    acc = {("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81],   # +5.67 points at batch 2
+           ("gn", 16): [0.85, 0.85, 0.86], ("bn", 16): [0.85, 0.86, 0.86]}  # −0.33 at batch 16
+    doc = {**GN_BEATS_BN, "c": {"norm": "gn", "batch_size": 16}, "d": {"norm": "bn", "batch_size": 16}}
+    v = verdict(doc, frame(acc))
+    per_seed = [(85 - 80) - (85 - 85), (86 - 80) - (85 - 86), (87 - 81) - (86 - 86)]
+    assert v.effect == pytest.approx(np.mean(per_seed)) and v.verdict == "reproduced"
+    assert v.effect_text.startswith("(gn − bn at batch_size=2) − (gn − bn at batch_size=16)")
+    with pytest.raises(ConfigError, match="come together"):
+        claims({"name": "c", **GN_BEATS_BN, "c": {"norm": "gn"}})
+
+
+def test_a_share_of_runs_is_tested_exactly_against_the_claimed_share():
+    runs = frame({("bn", b): [0.8] * 3 for b in (2, 4, 8, 16)})
+    runs["loss_spikes"] = [1] * 10 + [0] * 2
+    runs["preceded_spikes"] = [1] * 9 + [0] * 3
+    doc = {"kind": "share", "where": {"norm": "bn"}, "event": {"metric": "preceded_spikes", "above": 0},
+           "among": {"metric": "loss_spikes", "above": 0}, "expect": "more", "share": 0.5}
+    v = verdict(doc, runs)
+    result = stats.binomtest(9, 10, 0.5)
+    assert v.n == 10 and v.effect == pytest.approx(90.0) and v.p == pytest.approx(result.pvalue)
+    assert v.low == pytest.approx(100 * result.proportion_ci(0.95, "exact").low) and v.verdict == "reproduced"
+    assert verdict({**doc, "expect": "fewer"}, runs).verdict == "contradicted"

@@ -18,6 +18,11 @@ with the paper it comes from::
          tolerance: 1.0, reference: 32, ...}   # every level within ±1 point of the reference
       - {name: fewer-spikes, kind: count, a: {...}, b: {...},
          event: {metric: loss_spikes, above: 0}, expect: fewer, ...}   # runs with the event
+      - {name: preceded, kind: share, where: {...}, event: {metric: preceded_spikes, above: 0},
+         among: {metric: loss_spikes, above: 0}, expect: more, share: 0.5, ...}   # a share of runs
+
+A ``difference`` with ``c`` and ``d`` is an interaction, (a − b) − (c − d) per seed: does
+a technique help one setting more than another?
 
 ``a`` and ``b`` (and ``where`` at each level of ``over``) name one configuration each; a
 ``count`` claim pools the runs of every configuration they match. In a tuned study,
@@ -26,9 +31,10 @@ with the paper it comes from::
 Each claim gets one verdict:
 
 - **reproduced**: the (1 − α) confidence interval of the effect lies entirely on the
-  claimed side of the margin (``difference``, ``trend``); every level's interval lies
-  within ± the tolerance (``flat``); the exact test rejects equal rates at α in the
-  claimed direction (``count``);
+  claimed side of the margin (``difference``, ``trend``; ``share``: the exact
+  Clopper–Pearson interval of the share on the claimed side of ``share``); every level's
+  interval lies within ± the tolerance (``flat``); the exact test rejects equal rates at
+  α in the claimed direction (``count``);
 - **contradicted**: the interval lies entirely on the other side (``flat``: some level's
   interval lies entirely outside ± the tolerance; ``count``: significant the other way);
 - **inconclusive**: neither, or fewer than :data:`MIN_SEEDS` seeds in a cell the claim
@@ -60,18 +66,22 @@ from bench.metrics import RUN_METRICS, Metric
 MIN_SEEDS = 3  # no verdict but "inconclusive" on fewer seeds per cell
 POWER = 0.8  # the power at which seeds_needed plans
 MAX_SEEDS = 1000  # seeds_needed says "more than this" beyond it
-KINDS = ("difference", "trend", "flat", "count")
+KINDS = ("difference", "trend", "flat", "count", "share")
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
-DIRECTIONS = {"difference": ("higher", "lower"), "trend": ("increasing", "decreasing"), "count": ("fewer", "more")}
+DIRECTIONS = {
+    "difference": ("higher", "lower"), "trend": ("increasing", "decreasing"), "count": ("fewer", "more"),
+    "share": ("more", "fewer"),
+}
 SCALES = ("log2", "linear")
 
 #: Keys every claim takes, then each kind's own (required ones first).
 COMMON_KEYS = ("name", "statement", "source", "kind", "metric", "note")
 KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "difference": (("a", "b", "expect"), ("margin", "tuned")),
+    "difference": (("a", "b", "expect"), ("c", "d", "margin", "tuned")),
     "trend": (("where", "over", "expect"), ("scale", "margin")),
     "flat": (("where", "over", "tolerance"), ("reference",)),
     "count": (("a", "b", "event", "expect"), ()),
+    "share": (("where", "event", "expect", "share"), ("among",)),
 }
 EVENT_KEYS = ("metric", "above", "below", "outcome")
 
@@ -146,7 +156,9 @@ def _claim(index: int, doc: dict[str, Any], checker: Any, default_metric: str) -
     if metric not in RUN_METRICS:
         raise ConfigError(f"{where}: `metric` must be a run metric: {', '.join(RUN_METRICS)}; got {metric!r}.")
     options: dict[str, Any] = {}
-    for key in ("a", "b", "where"):
+    if ("c" in doc) != ("d" in doc):
+        raise ConfigError(f"{where}: `c` and `d` come together: the claim is then (a − b) − (c − d).")
+    for key in ("a", "b", "c", "d", "where"):
         if key in doc:
             options[key] = checker.mapping(where, key, doc[key], many=True)
             for column, values in options[key].items():  # a typo would silently select nothing
@@ -184,8 +196,15 @@ def _claim(index: int, doc: dict[str, Any], checker: Any, default_metric: str) -
         if scale not in SCALES:
             raise ConfigError(f"{where}: `scale` must be {' or '.join(SCALES)} (of the axis in the regression); got {scale!r}.")
         options["scale"] = scale
-    if kind == "count":
+    if kind in ("count", "share"):
         options["event"] = _event(where, doc["event"])
+    if "among" in doc:
+        options["among"] = _event(where, doc["among"])
+    if kind == "share":
+        value = doc["share"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{where}: `share` is a fraction of runs strictly between 0 and 1, such as 0.5; got {value!r}.")
+        options["share"] = float(value)
     if "tuned" in doc:
         if not isinstance(doc["tuned"], bool):
             raise ConfigError(f"{where}: `tuned` is true or false; got {doc['tuned']!r}.")
@@ -306,6 +325,12 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     b = _values(_select(runs, claim.options["b"], claim, "b"), metric)
     seeds = sorted(set(a) & set(b))
     d = np.array([sign * (a[s] - b[s]) for s in seeds])
+    interaction = "c" in claim.options
+    if interaction:  # (a − b) − (c − d): does the difference differ between two settings?
+        c = _values(_select(runs, claim.options["c"], claim, "c"), metric)
+        dd = _values(_select(runs, claim.options["d"], claim, "d"), metric)
+        seeds = sorted(set(a) & set(b) & set(c) & set(dd))
+        d = np.array([sign * ((a[s] - b[s]) - (c[s] - dd[s])) for s in seeds])
     n = len(d)
     effect = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
@@ -322,7 +347,8 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     return Verdict(
         claim, verdict, effect, low, high, p, n,
         f"paired t-test over {n} seeds, H0: difference = {margin:g}",
-        _contrast(claim.options["a"], claim.options["b"])
+        (f"({_contrast(claim.options['a'], claim.options['b'])}) − ({_contrast(claim.options['c'], claim.options['d'])})"
+         if interaction else _contrast(claim.options["a"], claim.options["b"]))
         + ("" if sign > 0 else " (sign reversed: lower is the claim)") + f", {_unit(metric)}; claimed {word} by > {margin:g}",
         needed, reason,
     )
@@ -479,18 +505,56 @@ def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     return Verdict(claim, verdict, effect, math.nan, math.nan, p, n, test, unit, needed, reason)
 
 
-def _events(runs: pd.DataFrame, event: Mapping[str, Any]) -> tuple[int, int]:
-    """(runs with the event, runs that count): finished runs (completed, collapsed,
-    diverged; not failed or never run)."""
-    finished = runs[runs["status"].isin(["completed", "diverged"])]
+def _share(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
+    part = _select(runs, claim.options["where"], claim, "where", single=False)
+    among = claim.options.get("among")
+    if among is not None:
+        part = part[_has_event(part, among)]
+    k, n = _events(part, claim.options["event"])
+    share, more = claim.options["share"], claim.options["expect"] == "more"
+    what = _event_text(claim.options["event"]) + (f" among runs with {_event_text(among)}" if among else "")
+    unit = f"share of runs with {what} (%); claimed {'above' if more else 'below'} {100 * share:g}%"
+    test = f"exact binomial test, {k}/{n} runs, H0: share = {share:g}"
+    if not n:
+        return Verdict(claim, "inconclusive", math.nan, math.nan, math.nan, math.nan, 0, test, unit, None, "no such run")
+    result = stats.binomtest(k, n, share)
+    ci = result.proportion_ci(confidence_level=1 - alpha, method="exact")
+    low, high, effect = 100 * ci.low, 100 * ci.high, 100 * k / n
+    if n < MIN_SEEDS:
+        verdict, reason = "inconclusive", f"fewer than {MIN_SEEDS} runs"
+    elif (low > 100 * share) if more else (high < 100 * share):
+        verdict, reason = "reproduced", "interval on the claimed side"
+    elif (high < 100 * share) if more else (low > 100 * share):
+        verdict, reason = "contradicted", "interval on the other side"
+    else:
+        verdict, reason = "inconclusive", "interval contains the claimed share"
+    needed = None
+    if verdict == "inconclusive" and n and k / n != share:
+        needed = next((m for m in range(MIN_SEEDS, MAX_SEEDS + 1)
+                       if stats.binomtest(round(k / n * m), m, share).pvalue < alpha), MAX_SEEDS + 1)
+    return Verdict(claim, verdict, effect, low, high, float(result.pvalue), n, test, unit, needed, reason)
+
+
+def _has_event(runs: pd.DataFrame, event: Mapping[str, Any]) -> pd.Series:
+    """Which of ``runs`` have the event (a metric beyond a bound, or one of the outcomes)."""
     if "outcome" in event:
-        outcome = finished["outcome"] if "outcome" in finished else finished["status"]
-        return int(outcome.isin(event["outcome"]).sum()), len(finished)
-    done = finished[finished["status"] == "completed"]
-    values = pd.to_numeric(done[event["metric"]], errors="coerce") if event["metric"] in done else pd.Series(dtype=float)
-    done, values = done[values.notna()], values[values.notna()]
-    hit = values > event["above"] if "above" in event else values < event["below"]
-    return int(hit.sum()), len(done)
+        outcome = runs["outcome"] if "outcome" in runs else runs["status"]
+        return outcome.isin(event["outcome"])
+    values = pd.to_numeric(runs[event["metric"]], errors="coerce") if event["metric"] in runs else pd.Series(math.nan, index=runs.index)
+    return values > event["above"] if "above" in event else values < event["below"]
+
+
+def _events(runs: pd.DataFrame, event: Mapping[str, Any]) -> tuple[int, int]:
+    """(runs with the event, runs that count): for an outcome, the finished runs
+    (completed, collapsed, diverged; not failed or never run); for a metric, the completed
+    runs that have it."""
+    finished = runs[runs["status"].isin(["completed", "diverged"])]
+    if "outcome" not in event:
+        finished = finished[finished["status"] == "completed"]
+        if event["metric"] not in finished:
+            return 0, 0
+        finished = finished[pd.to_numeric(finished[event["metric"]], errors="coerce").notna()]
+    return int(_has_event(finished, event).sum()), len(finished)
 
 
 def _event_text(event: Mapping[str, Any]) -> str:
@@ -507,7 +571,7 @@ def _describe(selector: Mapping[str, Sequence[Any]], *, bare: bool = False) -> s
     return ", ".join(f"{k}={v[0] if len(v) == 1 else list(v)}" for k, v in selector.items())
 
 
-EVALUATORS = {"difference": _difference, "trend": _trend, "flat": _flat, "count": _count}
+EVALUATORS = {"difference": _difference, "trend": _trend, "flat": _flat, "count": _count, "share": _share}
 
 
 # -- planning ------------------------------------------------------------------------------

@@ -244,8 +244,14 @@ def _configurations(frame: pd.DataFrame) -> int:
 def _outcome_lines(frame: pd.DataFrame) -> list[str]:
     if frame.empty:
         return ["No runs recorded."]
-    counts = frame["status"].value_counts()
+    outcome = frame["outcome"] if "outcome" in frame else frame["status"]
+    counts = outcome.value_counts()
     lines = ["- " + ", ".join(f"{'not run' if status == 'pending' else status}: {n}" for status, n in counts.items())]
+    if "collapsed" in counts:
+        lines.append(
+            "- collapsed: completed at chance accuracy (final validation accuracy within 3 standard errors of "
+            "1 / classes on the validation set); counted with its accuracy in every mean"
+        )
     if "train_seconds" in frame and frame["train_seconds"].notna().any():
         lines.append(f"- Total training time: {frame['train_seconds'].sum() / 60:.1f} min over {len(frame)} trials")
     failed = frame[frame["status"] == "failed"]
