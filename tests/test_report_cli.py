@@ -91,7 +91,7 @@ def test_report_writes_markdown_figures_and_tables_from_the_store_alone(study, t
 
     text = (out / "tiny.md").read_text()
     assert "90% confidence interval of the mean in brackets (t-based" in text
-    assert "Rebuild this report: `bench report tiny --ci t --alpha 0.1`" in text
+    assert f"Rebuild this report: `bench report {spec_path} --ci t --alpha 0.1`" in text  # a path spec by its path
     assert "Held equal: 2 epochs per trial" in text and "1 trial stopped before the last epoch (1 diverged)" in text
     assert "(n=2; 1 of 3 diverged)" in text  # gn at 64: the diverged seed is counted, not averaged
     for name in ("pivot-final_val_acc.csv", "pivot-final_val_acc.tex", "final_val_acc-vs-batch_size.png",
@@ -134,7 +134,7 @@ def test_an_export_beside_the_report_rebuilds_it_in_an_empty_store(study, tmp_pa
     spec_path, store_path = study
     out = tmp_path / "reports"
     assert invoke(store_path, str(spec_path), "--reports-dir", str(out)).exit_code == 0
-    assert "The runs:" not in (out / "tiny.md").read_text()  # no export beside it yet
+    assert "results.jsonl.gz" not in (out / "tiny.md").read_text()  # no export beside it yet
     exported = runner.invoke(app, ["--store", str(store_path), "store", "export", str(out / "tiny" / "results.jsonl.gz"),
                                    "--study", "tiny"])
     assert exported.exit_code == 0, exported.output
