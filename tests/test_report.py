@@ -285,8 +285,11 @@ def test_reference_numbers_are_shown_beside_and_labelled(frame):
     }
     text = build_report(study, frame, {}).text
     assert "**Published, not measured here** — Wu & He 2018, ImageNet top-1 error (%):" in text
-    assert "| norm \\ batch_size | 8 | 2 |\n|---|---|---|\n| bn | 24.8 | 34.7 |\n| gn | 24.0 | 24.1 |" in text
+    # in the measured table's order (batch 2 then 8), whatever order the spec wrote them in
+    assert "| norm \\ batch_size | 2 | 8 |\n|---|---|---|\n| bn | 34.7 | 24.8 |\n| gn | 24.1 | 24.0 |" in text
     assert "| norm | top-1 error (%) |\n|---|---|\n| bn | 23.6 |\n| ln | 25.3 |" in text
+    assert ("Metric: top-1 error (%), lower is better — the measured table shows final validation accuracy (%), "
+            "higher is better (the opposite direction).") in text
 
 
 # -- figures -----------------------------------------------------------------------------
@@ -367,7 +370,7 @@ def test_budget_is_stated_and_checked(frame):
 def test_one_seed_differences_are_shown_untested_and_said_so_once(epochs):
     one_seed = runs_frame([r for r in RUNS if r["config"]["seed"] == 0])
     built = build_section({"kind": "pivot", "rows": "norm", "columns": "batch_size"}, one_seed, epochs, baseline={"norm": "bn"})
-    assert "| gn | **86.0** (n=1)<br>Δ +6.0 | 88.0 (n=1)<br>Δ −2.0 |" in built.text
+    assert "| gn | 86.0 (n=1)<br>Δ +6.0 | 88.0 (n=1)<br>Δ −2.0 |" in built.text  # one seed: no spread, no best
     assert "untested)" not in built.text.split("\n\n")[0]
     assert "No difference here could be tested, as that needs two or more seeds completed by both cells" in built.text
 

@@ -59,9 +59,13 @@ def p_value(p: float) -> str:
 
 
 def counts_notes(cell: Mapping[str, Any]) -> list[str]:
-    """``1 of 3 diverged``, ``1 of 3 not run``: what did not give a number."""
+    """``1 of 3 collapsed`` (completed at chance: in the mean, but said), then what did not
+    give a number: ``1 of 3 diverged``, ``1 of 3 not run``."""
     total = int(cell["total"])
-    notes = [f"{int(cell[o])} of {total} {o}" for o in ("diverged", "failed") if int(cell[o])]
+    collapsed = cell.get("collapsed", 0)
+    collapsed = int(collapsed) if collapsed is not None and collapsed == collapsed else 0  # NaN: not counted
+    notes = [f"{collapsed} of {total} collapsed"] if collapsed else []
+    notes += [f"{int(cell[o])} of {total} {o}" for o in ("diverged", "failed") if int(cell[o])]
     if int(cell["pending"]):
         notes.append(f"{int(cell['pending'])} of {total} not run")
     return notes

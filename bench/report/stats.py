@@ -8,6 +8,8 @@ paired comparison of a cell with its baseline. Pure functions of numbers.
   seeds both have, with a two-sided paired t-test (``scipy.stats.ttest_rel``) and an
   interval of the same kind; untested with fewer than 2 pairs.
 - :func:`holm`: Holm's step-down adjustment of a family of p-values.
+- :func:`separation`: whether one cell differs from another (the best from the runner-up):
+  paired by seed where they share two or more seeds, else Welch's unpaired t-test.
 """
 
 from __future__ import annotations
@@ -137,3 +139,42 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
     out[order] = adjusted
     return out.tolist()
+
+
+SEPARATION_TESTS = {
+    "paired": "two-sided paired t-test over the seeds both cells completed (scipy.stats.ttest_rel)",
+    "welch": "two-sided Welch t-test, unpaired (scipy.stats.ttest_ind, unequal variances)",
+}
+
+
+@dataclass(frozen=True)
+class Separation:
+    """Whether one cell's values differ from another's: the test used and its p-value."""
+
+    test: str  # "paired", "welch", or "" when untested
+    p: float  # two-sided p-value (NaN when untested)
+    pairs: int  # seeds both cells completed
+    note: str  # why there is no test, when there is none
+
+    @property
+    def tested(self) -> bool:
+        return not math.isnan(self.p)
+
+
+def separation(cell: Mapping[int, float], other: Mapping[int, float]) -> Separation:
+    """Tests ``cell`` against ``other`` (seed → value): a paired t-test over the seeds both
+    have when there are 2 or more, as the differences from a baseline are paired; else (or
+    when every pair differs by the same amount, which leaves the paired t undefined), when
+    each has 2 or more values, Welch's unpaired t-test; else untested (one seed)."""
+    paired = paired_difference(cell, other)
+    if paired.pairs >= 2 and paired.tested:
+        return Separation("paired", paired.p, paired.pairs, "")
+    if len(cell) >= 2 and len(other) >= 2:  # fewer pairs, or every pair differs by the same amount
+        x, y = np.array(list(cell.values()), dtype=float), np.array(list(other.values()), dtype=float)
+        if np.ptp(x) == 0 and np.ptp(y) == 0:
+            return Separation("", math.nan, paired.pairs, "no spread within either cell, untested")
+        result = stats.ttest_ind(x, y, equal_var=False)
+        return Separation("welch", float(result.pvalue), paired.pairs, "")
+    if paired.pairs >= 2:
+        return Separation("", math.nan, paired.pairs, paired.note)
+    return Separation("", math.nan, paired.pairs, "one seed, untested")

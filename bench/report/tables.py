@@ -3,24 +3,31 @@ DataFrame or text out.
 
 Every cell is a distribution over seeds: mean ± sample std (ddof = 1), n, and optionally a
 confidence interval. Failed, diverged and never-run trials are outcomes, not missing data:
-each cell counts them ("1 of 3 diverged") and leaves them out of the mean.
+each cell counts them ("1 of 3 diverged") and leaves them out of the mean. A collapsed run
+(completed at chance accuracy, :func:`bench.report.frame.collapsed`) is a real result: it
+stays in the mean and its cell counts it ("1 of 3 collapsed").
+
+A "best" is marked only where it is separated from the runner-up (:func:`best_among`):
+a test over seeds at the report's α, never at one seed.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
 from bench.metrics import Metric
 from bench.report.format import MARKDOWN, Style, format_cell, format_delta
-from bench.report.stats import describe, holm, interval, paired_difference
+from bench.report.frame import with_outcome
+from bench.report.stats import Separation, describe, holm, interval, paired_difference, separation
 
 OUTCOMES = ("completed", "diverged", "failed")
-CELL_COLUMNS = ("mean", "std", "n", "total", *OUTCOMES, "pending", "ci_low", "ci_high", "values", "pooled_seeds")
+CELL_COLUMNS = ("mean", "std", "n", "total", *OUTCOMES, "collapsed", "pending", "ci_low", "ci_high", "values", "pooled_seeds")
 
 
 def aggregate(
@@ -29,10 +36,13 @@ def aggregate(
     """One row per combination of ``keys``: mean, std, n (completed trials with the
     metric), the interval ``ci`` asks for, total trials, the count of each outcome, and
     ``values``: seed → value of the completed trials (the mean, when a cell holds several
-    trials of one seed; ``pooled_seeds`` counts those seeds) for pairing."""
+    trials of one seed; ``pooled_seeds`` counts those seeds) for pairing. ``collapsed``
+    counts the completed trials at chance accuracy (the ``outcome`` column), which stay in
+    the mean."""
     keys = [keys] if isinstance(keys, str) else list(keys)
     if frame.empty:
         return pd.DataFrame(columns=[*keys, *CELL_COLUMNS])
+    frame = with_outcome(frame)
     records = []
     for group_keys, group in frame.groupby(keys, sort=True, dropna=False):
         group_keys = group_keys if isinstance(group_keys, tuple) else (group_keys,)
@@ -50,6 +60,7 @@ def aggregate(
                 "n": summary.n,
                 "total": int(len(group)),
                 **{o: int((group["status"] == o).sum()) for o in OUTCOMES},
+                "collapsed": int(((group["status"] == "completed") & (group["outcome"] == "collapsed")).sum()),
                 "pending": int((~group["status"].isin(OUTCOMES)).sum()),
                 "ci_low": low,
                 "ci_high": high,
@@ -117,12 +128,80 @@ def any_tested(agg: pd.DataFrame) -> bool:
 
 
 def best_rows(agg: pd.DataFrame, rows: str, columns: str, higher_is_better: bool = True) -> dict[object, object]:
-    """The row value with the best mean in each column (ignoring cells with no result)."""
+    """The row value with the best mean in each column (ignoring cells with no result),
+    separated from the others or not: :func:`column_bests` says which are."""
     best: dict[object, object] = {}
     for c, group in agg.dropna(subset=["mean"]).groupby(columns, sort=False):
         idx = group["mean"].idxmax() if higher_is_better else group["mean"].idxmin()
         best[c] = group.loc[idx, rows]
     return best
+
+
+@dataclass(frozen=True)
+class Best:
+    """The cell with the best mean among some cells (``leader``) and the next (``runner_up``,
+    None when it is alone), with the test of the two (:func:`bench.report.stats.separation`).
+    ``separated``: the adjusted p-value is below α; only then is the leader marked best."""
+
+    leader: Mapping[str, Any]
+    runner_up: Mapping[str, Any] | None
+    test: Separation | None
+    p_adjusted: float = math.nan
+    separated: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """``best`` (separated), ``tied`` (tested, not separated), ``untested`` (or not yet
+        decided by :func:`decide_bests`), ``alone``."""
+        if self.runner_up is None:
+            return "alone"
+        if self.separated:
+            return "best"
+        return "untested" if math.isnan(self.p_adjusted) else "tied"
+
+    @property
+    def gap(self) -> float:
+        return abs(self.leader["mean"] - self.runner_up["mean"]) if self.runner_up is not None else math.nan
+
+
+def best_among(cells: pd.DataFrame, higher_is_better: bool = True) -> Best | None:
+    """The leader and runner-up by mean among ``cells`` with a result (ties in the mean: the
+    first in table order leads), and their test; None when no cell has a result. Decide
+    with :func:`decide_bests`."""
+    done = cells[cells["n"] > 0].sort_values("mean", ascending=not higher_is_better, kind="stable")
+    if done.empty:
+        return None
+    leader = done.iloc[0].to_dict()
+    if len(done) == 1:
+        return Best(leader, None, None)
+    runner_up = done.iloc[1].to_dict()
+    return Best(leader, runner_up, separation(leader["values"], runner_up["values"]))
+
+
+def decide_bests(bests: Sequence[Best], *, alpha: float = 0.05, correction: str = "none") -> list[Best]:
+    """Each best with its adjusted p-value (Holm over the tested ones when ``correction`` is
+    holm) and whether it is separated (adjusted p < ``alpha``)."""
+    raw = [b.test.p if b.test is not None else math.nan for b in bests]
+    adjusted = holm(raw) if correction == "holm" else raw
+    return [replace(b, p_adjusted=p, separated=bool(p < alpha) if not math.isnan(p) else False) for b, p in zip(bests, adjusted)]
+
+
+def column_bests(
+    agg: pd.DataFrame, rows: str, columns: str, higher_is_better: bool = True, *, alpha: float = 0.05, correction: str = "none",
+    column_order: Sequence[object] | None = None,
+) -> dict[object, Best]:
+    """Per column (in table order): its :class:`Best`, decided at ``alpha``."""
+    found = {}
+    for c in ordered(agg[columns].unique(), column_order):
+        best = best_among(agg[agg[columns] == c], higher_is_better)
+        if best is not None:
+            found[c] = best
+    return dict(zip(found, decide_bests(list(found.values()), alpha=alpha, correction=correction)))
+
+
+def separated_cells(bests: Mapping[object, Best], rows: str, columns: str) -> set[tuple[object, object]]:
+    """(row, column) of the leaders that are separated: the cells marked best."""
+    return {(b.leader[rows], c) for c, b in bests.items() if b.separated}
 
 
 def pivot_frame(
@@ -135,13 +214,19 @@ def pivot_frame(
     row_order: Sequence[object] | None = None,
     column_order: Sequence[object] | None = None,
     ci: bool = False,
+    marked: Collection[tuple[object, object]] | None = None,
+    alpha: float = 0.05,
+    correction: str = "none",
 ) -> pd.DataFrame:
     """The pivot as formatted text, one row per ``rows`` value: each cell's mean ± std (n),
     its interval when ``ci``, its comparison with the baseline when ``agg`` has one (see
-    :func:`compare`), the best of each column in bold."""
+    :func:`compare`); in bold the ``marked`` (row, column) cells, by default the best of
+    each column where it is separated from the runner-up at ``alpha`` (:func:`column_bests`)."""
     row_values = ordered(agg[rows].unique(), row_order)
     col_values = ordered(agg[columns].unique(), column_order)
-    best = best_rows(agg, rows, columns, metric.higher_is_better)
+    if marked is None:
+        marked = separated_cells(column_bests(agg, rows, columns, metric.higher_is_better, alpha=alpha, correction=correction),
+                                 rows, columns)
     index = {(cell[rows], cell[columns]): cell for _, cell in agg.iterrows()}
     explain = any_tested(agg)
     records = []
@@ -152,7 +237,7 @@ def pivot_frame(
             if cell is None:
                 record[str(c)] = "—"
                 continue
-            text = format_cell(cell, metric, style, best=best.get(c) == r, ci=ci)
+            text = format_cell(cell, metric, style, best=(r, c) in marked, ci=ci)
             delta = format_delta(cell, metric, style, ci=ci, explain=explain)
             record[str(c)] = text + (style.newline + delta if delta else "")
         records.append(record)
@@ -178,10 +263,10 @@ def numbers_frame(agg: pd.DataFrame, keys: Sequence[str], metric: Metric) -> pd.
     """The numbers behind a table, one row per cell, in the units shown (accuracy in %):
     what the CSV export holds."""
     scaled = ["mean", "std", "ci_low", "ci_high", "delta", "delta_std", "delta_low", "delta_high"]
-    columns = [*keys, "mean", "std", "n", "total", "completed", "diverged", "failed", "pending", "ci_low", "ci_high"]
+    columns = [*keys, "mean", "std", "n", "total", "completed", "collapsed", "diverged", "failed", "pending", "ci_low", "ci_high"]
     if "delta" in agg:
         columns += ["is_baseline", "delta", "delta_std", "delta_low", "delta_high", "pairs", "t", "p", "p_adjusted", "significant"]
-    out = agg[columns].copy()
+    out = (agg if "collapsed" in agg else agg.assign(collapsed=0))[columns].copy()
     for c in scaled:
         if c in out:
             out[c] = pd.to_numeric(out[c], errors="coerce") * metric.scale

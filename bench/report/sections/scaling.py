@@ -1,6 +1,8 @@
 """``scaling``: a run metric against an axis, one line per group (accuracy vs batch size,
-one line per normalization), mean over seeds with ± std bars or the confidence interval;
-a log x-axis where the values span ≥ 8×."""
+one line per normalization), mean over seeds with ± std bars or the confidence interval
+where a point has two or more seeds; a log x-axis where the values span ≥ 8×. More than
+eight groups: one panel per group (small multiples), the others faint behind. In a tuned
+study swept along x, the value the tuning round chose for each group is ringed."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from bench.metrics import run_metric
 from bench.report.export import ExportTable
 from bench.report.format import LATEX, counts_notes
 from bench.report.kinds import Option, SectionInput, SectionOutput, section_kind
-from bench.report.plots import log_base, scaling_plot
-from bench.report.sections._common import interval_phrase, metric_of
+from bench.report.plots import MAX_LINES, log_base, scaling_plot
+from bench.report.sections._common import interval_phrase, metric_of, tuned_choices
 from bench.report.tables import aggregate, axis_order, numbers_frame, ordered, pivot_frame, sort_cells
 
 OPTIONS = {
@@ -37,19 +39,28 @@ def scaling(section: SectionInput) -> SectionOutput:
         return SectionOutput("_No completed trial to plot._\n")
     bars = "ci" if o["ci"] != "none" else "std"
     order = axis_order(section.study, group)
+    marked = _tuned(section, x, group)
     figure = scaling_plot(
-        agg, x, group, ylabel=metric.label, title=section.title, log=o["log"], scale=metric.scale, group_order=order, bars=bars
+        agg, x, group, ylabel=metric.label, title=section.title, log=o["log"], scale=metric.scale, group_order=order, bars=bars,
+        marked=marked,
     )
     path = f"{section.files}.png"
     values = ordered(agg[x].unique(), axis_order(section.study, x))
     base = log_base(values, o["log"])
     scale_text = f"x on a log{'₂' if base == 2 else '₁₀'} scale" if base else "x on a linear scale"
     bar_text = interval_phrase(o["ci"], o["alpha"], where="") if bars == "ci" else "± one sample standard deviation"
+    drawn = int((agg.groupby(group)["n"].sum() > 0).sum())
+    layout = (
+        f"One panel per {group} (more than {MAX_LINES} lines would not stay apart), the other {group} values faint grey "
+        "behind it" if drawn > MAX_LINES else f"One line per {group}"
+    )
+    seeds = "" if int(agg["n"].max()) > 1 else " (every point is one seed: no bars)"
+    ring = f" Ringed: the {x} the tuning round chose for each {group}." if marked else ""
     lines = [
         f"![{metric.label} vs {x}]({path})",
         "",
-        f"One line per {group}: the mean over seeds of the completed trials at each {x}; bars: {bar_text}; {scale_text}"
-        f" ({x} from {values[0]} to {values[-1]}).",
+        f"{layout}: the mean over seeds of the completed trials at each {x}; bars: {bar_text}, where a point has two or "
+        f"more seeds{seeds}; {scale_text} ({x} from {values[0]} to {values[-1]}).{ring}",
     ]
     missing = []
     for g in ordered(agg[group].unique(), order):
@@ -61,7 +72,17 @@ def scaling(section: SectionInput) -> SectionOutput:
         lines += ["", f"Not drawn, no completed trial: {', '.join(missing)}."]
     table = ExportTable(
         numbers=numbers_frame(agg, [group, x], metric),
-        latex=pivot_frame(agg, group, x, metric, style=LATEX, row_order=order, column_order=axis_order(section.study, x), ci=bars == "ci"),
+        latex=pivot_frame(agg, group, x, metric, style=LATEX, row_order=order, column_order=axis_order(section.study, x), ci=bars == "ci",
+                          alpha=o["alpha"], correction=o["correction"], marked=set(marked.items()) if marked else None),
         caption=f"{section.title}: the values plotted.",
     )
     return SectionOutput("\n".join(lines) + "\n", figures={path: figure}, tables={section.files: table})
+
+
+def _tuned(section: SectionInput, x: str, group: str) -> dict[Any, Any]:
+    """group value → the x its tuning round chose, when x is what a tuned study sweeps and
+    the groups are its configurations."""
+    if (section.study.get("tune") or {}).get("over") != x:
+        return {}
+    choices, keys, _ = tuned_choices(section.study, section.runs)
+    return {label[0]: value for label, value in choices.items()} if keys == [group] else {}

@@ -7,7 +7,8 @@ Figures: one per series (``loss``, ``acc``, ``grad_norm``, ``first_grad_norm``, 
 one line per value of ``group`` (colours in order of value), one panel per combination of
 the ``panels`` columns, one row of panels per value of ``rows``. A line is one run (one
 seed): per-step curves are never averaged over seeds, which would smooth the spikes away.
-The line is the trailing mean over ``smooth`` steps, the raw values faint behind it.
+The line is the trailing mean over ``smooth`` steps, the raw values faint behind it. Spike
+starts are a rug of ticks in a strip under the panel, one row per line, with their count.
 
 Table: one row per configuration (``panels``, ``rows``, ``group``), over every seed.
 Trials without per-step records (run without ``log_steps``, or not run) are counted in
@@ -296,7 +297,8 @@ def _figure(
     group: str, rows: str | None, panels: list[str], o: Mapping[str, Any], study: Mapping[str, Any],
 ) -> Figure:
     """One series' figure: a grid of panels (``rows`` values × ``panels`` combinations, or
-    the combinations wrapped three to a row), one line per ``group`` value in each."""
+    the combinations wrapped three to a row), one line per ``group`` value in each, and
+    under each panel, when any line has spikes, a strip with their rug (:func:`spike_rug`)."""
     spec = SERIES[name]
     labels = [label for label, _ in configs if label in drawn]
     n_panels = len(panels)
@@ -309,19 +311,19 @@ def _figure(
         ncols = 2 if len(panel_values) == 4 else min(3, len(panel_values))
         nrows = math.ceil(len(panel_values) / ncols)
         grid = {(None, pv): divmod(j, ncols) for j, pv in enumerate(panel_values)}
-    single = nrows * ncols == 1
-    fig = Figure(figsize=(7.4, 4.4) if single else (4.4 * ncols + 1.6, 3.2 * nrows + 0.8), dpi=120, layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
+    cells = {
+        cell: [label for label in labels if label[:n_panels] == cell[1] and (not rows or label[n_panels] == cell[0])]
+        for cell in grid
+    }
+    strip = max((len(_spiky(cell_labels, drawn, name)) for cell_labels in cells.values()), default=0)
+    axes, strips, fig = _panels(nrows, ncols, strip)
     colours = _colours(list(dict.fromkeys(label[-1] for label in labels)), study, group)
     marked = diverged = False
     used: set[tuple[int, int]] = set()
     for cell, (i, j) in grid.items():
         ax = axes[i][j]
         used.add((i, j))
-        cell_labels = [
-            label for label in labels
-            if label[:n_panels] == cell[1] and (not rows or label[n_panels] == cell[0])
-        ]
+        cell_labels = cells[cell]
         drew = False
         for label in cell_labels:
             run = drawn[label]
@@ -335,30 +337,36 @@ def _figure(
             ax.plot(raw.index, raw.to_numpy(), color=colour, alpha=0.12, linewidth=0.5)
             ax.plot(smooth.index, smooth.to_numpy(), color=colour, linewidth=1.4, label=str(label[-1]))
             drew = True
-            at = [s for s in run.spikes.get(name, []) if s in raw.index]
-            if at:
-                shown = smooth if name == "acc" else raw
-                ax.plot(at, shown.loc[at].to_numpy(), linestyle="none", marker="v", markersize=6, color=colour,
-                        markeredgecolor="black", markeredgewidth=0.5)
-                marked = True
             if run.diverged_step is not None:
                 finite = smooth.dropna()
                 if len(finite):
                     ax.plot([run.diverged_step], [finite.iloc[-1]], linestyle="none", marker="x", markersize=9,
                             markeredgewidth=2, color=colour)
                     diverged = True
+        below = strips[i][j] if strips else None
         if drew:
             _epoch_lines(ax, [drawn[label] for label in cell_labels])
             if spec.log:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(_PlainLog())  # 0.5, 2, 10 rather than 5×10⁻¹
                 ax.yaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False, minor_thresholds=(1.5, 0.6)))
+            if below is not None:
+                rugs = [(colours[label[-1]], steps) for label, steps in _spiky(cell_labels, drawn, name)]
+                spike_rug(below, rugs, strip)
+                marked = marked or bool(rugs)
         else:  # e.g. the first layer's gradient of a frozen patch projection
             ax.text(0.5, 0.5, f"no {spec.label.split(' (')[0]} recorded", transform=ax.transAxes, ha="center",
                     va="center", fontsize="small", color="grey")
             ax.set_xticks([])
+            if below is not None:
+                below.set_visible(False)
+                below = None
         ax.grid(True, alpha=0.3)
-        ax.set_xlabel("optimizer step")
+        if below is not None:
+            ax.tick_params(labelbottom=False)
+            below.set_xlabel("optimizer step")
+        else:
+            ax.set_xlabel("optimizer step")
         title = assignment([*([rows] if rows else []), *panels], [*([cell[0]] if rows else []), *cell[1]])
         if title:
             ax.set_title(title, fontsize="medium")
@@ -367,16 +375,76 @@ def _figure(
         for j in range(ncols):
             if (i, j) not in used:
                 axes[i][j].set_visible(False)
+                if strips:
+                    strips[i][j].set_visible(False)
     handles = [Line2D([], [], color=colours[v], linewidth=1.4, label=str(v)) for v in colours]
     if marked:
-        spike = "loss spike (start)" if name in ("loss", "acc") else f"{spec.label.split(' (')[0]} spike (start)"
-        handles.append(Line2D([], [], linestyle="none", marker="v", color="grey", markeredgecolor="black", label=spike))
+        spike = "loss spike starts" if name in ("loss", "acc") else f"{spec.label.split(' (')[0]} spike starts"
+        handles.append(Line2D([], [], linestyle="none", marker="|", markersize=9, markeredgewidth=1.2, color="grey",
+                              label=f"{spike}\n(strip under a panel: a row\nper line, labelled with its count)"))
     if diverged:
         handles.append(Line2D([], [], linestyle="none", marker="x", markeredgewidth=2, color="grey", label="diverged"))
     if handles:
         fig.legend(handles=handles, title=group, fontsize="small", loc="outside right upper")
     fig.suptitle(f"{spec.label.capitalize()} per step (trailing mean over {o['smooth']} steps)", fontsize="medium")
     return fig
+
+
+def _spiky(
+    labels: Sequence[tuple[Any, ...]], drawn: Mapping[tuple[Any, ...], RunStability], name: str
+) -> list[tuple[tuple[Any, ...], list[Any]]]:
+    """(label, spike start steps) of the lines among ``labels`` with spikes in series ``name``."""
+    out = []
+    for label in labels:
+        run = drawn[label]
+        if name in run.series and run.series[name].notna().any():
+            steps = [s for s in run.spikes.get(name, []) if s in run.series.index]
+            if steps:
+                out.append((label, steps))
+    return out
+
+
+def _panels(nrows: int, ncols: int, strip: int) -> tuple[Any, Any, Figure]:
+    """(panel axes [row][column], the rug strip under each or None, the figure): the panels
+    share y; a strip, ``strip`` rows of ticks high, shares x with its panel."""
+    single = nrows * ncols == 1
+    extra = 0.22 * strip * nrows if strip else 0.0
+    size = (7.4, 4.4 + extra) if single else (4.4 * ncols + 1.6, 3.2 * nrows + 0.8 + extra)
+    fig = Figure(figsize=size, dpi=120, layout="constrained")
+    if not strip:
+        return fig.subplots(nrows, ncols, sharey=True, squeeze=False), None, fig
+    ratios = [r for _ in range(nrows) for r in (1.0, min(0.6, 0.07 * strip + 0.05))]
+    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=ratios)
+    axes: list[list[Any]] = [[None] * ncols for _ in range(nrows)]
+    strips: list[list[Any]] = [[None] * ncols for _ in range(nrows)]
+    first = None
+    for i in range(nrows):
+        for j in range(ncols):
+            axes[i][j] = fig.add_subplot(grid[2 * i, j], sharey=first)
+            first = first or axes[i][j]
+            if j:
+                axes[i][j].tick_params(labelleft=False)  # as subplots(sharey=True) labels only the first column
+            strips[i][j] = fig.add_subplot(grid[2 * i + 1, j], sharex=axes[i][j])
+    return axes, strips, fig
+
+
+def spike_rug(ax: Any, rugs: Sequence[tuple[Any, Sequence[Any]]], rows: int | None = None) -> None:
+    """Spike starts as a rug in the strip ``ax`` under a panel: one row of short ticks per
+    line with spikes (in the legend's order, top down), in the line's colour, labelled with
+    the line's number of spikes. A tick per spike stays readable where a marker per spike
+    on the curve (a hundred on one run) piles up."""
+    rows = max(rows or 0, len(rugs), 1)
+    for k, (colour, steps) in enumerate(rugs):
+        y = rows - 1 - k
+        ax.vlines(list(steps), y - 0.36, y + 0.36, colors=[colour], linewidth=0.9, label="_spikes")
+    ax.set_ylim(-0.5, rows - 0.5)
+    ax.set_yticks([rows - 1 - k for k in range(len(rugs))], [str(len(steps)) for _, steps in rugs])
+    for tick, (colour, _) in zip(ax.get_yticklabels(), rugs):
+        tick.set_color(colour)
+    ax.tick_params(axis="y", length=0, labelsize=7)
+    ax.grid(False)
+    if not rugs:
+        ax.text(0.5, 0.5, "no spikes", transform=ax.transAxes, ha="center", va="center", fontsize="x-small", color="grey")
 
 
 class _PlainLog(LogFormatter):
@@ -538,8 +606,9 @@ def _figure_note(
     text = (
         f"{layout}. Each line is one run, {seed}: per-step curves are never averaged over seeds, which would smooth "
         f"the spikes away (the table covers every seed). Line: the trailing mean over {o['smooth']} steps; faint: the "
-        "raw per-step values. ▼: the start of a loss spike (on a gradient-norm figure, of a spike of that gradient "
-        "norm); ×: the step where a run diverged (its line ends there); dotted verticals: epoch boundaries."
+        "raw per-step values. Strip under a panel: ticks at the steps where loss spikes start (on a gradient-norm figure, "
+        "spikes of that gradient norm), one row per line with spikes, in its colour, labelled with its number of spikes; "
+        "×: the step where a run diverged (its line ends there); dotted verticals: epoch boundaries."
     )
     if seed_notes:
         text += " " + "; ".join(s[0].upper() + s[1:] for s in seed_notes) + "."
