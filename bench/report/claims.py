@@ -161,14 +161,13 @@ def _claim(index: int, doc: dict[str, Any], checker: Any, default_metric: str) -
     for key in ("a", "b", "c", "d", "where"):
         if key in doc:
             options[key] = checker.mapping(where, key, doc[key], many=True)
-            for column, values in options[key].items():  # a typo would silently select nothing
+            for column, values in options[key].items():
+                # a value this study lacks (a typo, or a profile or --set that leaves it out) is not an
+                # error here, so that a smaller profile still runs: its verdict then says what is missing
                 known = checker.known_values(column)
-                for value in values:
-                    if known is not None and value not in known:
-                        raise ConfigError(
-                            f"{where}: `{key}.{column}` is {value!r}, which no trial of this study has; {column} takes "
-                            f"the values {', '.join(repr(k) for k in known)}."
-                        )
+                absent = [v for v in values if known is not None and v not in known]
+                if absent:
+                    options.setdefault("absent", []).append(f"{column}={absent[0]!r}")
     if kind in DIRECTIONS and doc["expect"] not in DIRECTIONS[kind]:
         raise ConfigError(f"{where}: `expect` must be {' or '.join(DIRECTIONS[kind])}; got {doc['expect']!r}.")
     if "expect" in doc:
@@ -241,9 +240,18 @@ def evaluate(
     """The verdict of each claim over ``runs`` (one row per trial: status, seed, config
     columns, ``variant`` when the study has variants, and the run metrics). ``tune``: the
     study's tuning block; a claim with ``tuned: true`` reads only the tuned configurations
-    (:func:`tuned_runs`)."""
+    (:func:`tuned_runs`). A claim naming a value the study lacks is inconclusive, and says so."""
     tuned = tuned_runs(runs, tune) if tune else runs.iloc[0:0]
-    return [EVALUATORS[c.kind](c, tuned if c.options.get("tuned") else runs, alpha) for c in claims]
+    out = []
+    for claim in claims:
+        if claim.options.get("absent"):
+            missing = ", ".join(claim.options["absent"])
+            out.append(Verdict(claim, "inconclusive", math.nan, math.nan, math.nan, math.nan, 0, "not tested",
+                               f"no trial of this study has {missing}", None,
+                               f"no trial of this study (this profile, these --set values) has {missing}"))
+            continue
+        out.append(EVALUATORS[claim.kind](claim, tuned if claim.options.get("tuned") else runs, alpha))
+    return out
 
 
 def tuned_runs(runs: pd.DataFrame, tune: Mapping[str, Any]) -> pd.DataFrame:

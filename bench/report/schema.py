@@ -370,7 +370,7 @@ class _Checker:
         raise AssertionError(kind)
 
 
-REFERENCE_KEYS = ("source", "values", "metric", "columns", "note")
+REFERENCE_KEYS = ("source", "values", "metric", "higher_is_better", "columns", "note")
 
 
 def _references(what: str, value: Any) -> list[dict[str, Any]]:
@@ -378,9 +378,11 @@ def _references(what: str, value: Any) -> list[dict[str, Any]]:
         raise ConfigError(f"{what} must be a list of {{source, values, metric, columns, note}} mappings; got {value!r}.")
     for ref in value:
         extra = sorted(set(ref) - set(REFERENCE_KEYS))
-        if extra or "values" not in ref or not isinstance(ref["values"], dict):
+        if extra or "values" not in ref or not isinstance(ref["values"], dict) or not isinstance(ref.get("source"), str) \
+                or not ref["source"].strip():
             raise ConfigError(
-                f"{what}: each reference has `source` (where the numbers come from), `values` ({{row: value}} or "
-                f"{{row: {{column: value}}}}) and optionally `metric`, `columns`, `note`; got {ref!r}."
+                f"{what}: each reference has `source` (the paper, and its table or figure, the numbers come from: "
+                f"required), `values` ({{row: value}} or {{row: {{column: value}}}}) and optionally `metric`, "
+                f"`higher_is_better`, `columns`, `note`; got {ref!r}."
             )
     return [dict(r) for r in value]
