@@ -14,6 +14,8 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
+from bench.errors import ConfigError
+from bench.report.schema import parse_report
 from bench.metrics import run_metric
 from bench.report.format import MARKDOWN, format_cell
 from bench.report.frame import (
@@ -208,7 +210,7 @@ def test_references_follow_the_measured_order_and_state_their_metric():
     refs = [
         {"source": "Wu & He 2018", "metric": "top-1 error (%)", "columns": "batch_size",
          "values": {"gn": {32: 24.1, 16: 24.2, 8: 24.0}, "bn": {32: 23.6, 16: 23.7, 8: 24.8}}},
-        {"values": {"in": 28.4, "ln": 25.3, "bn": 23.6}},  # no source, no metric: said so
+        {"source": "Wu & He 2018, Table 1", "values": {"in": 28.4, "ln": 25.3, "bn": 23.6}},  # no metric: said so
     ]
     built = section(REFERENCE_STUDY, {"kind": "pivot", "rows": "norm", "columns": "batch_size", "references": refs},
                     norms_frame(SEPARATED))
@@ -216,9 +218,15 @@ def test_references_follow_the_measured_order_and_state_their_metric():
     assert "| norm \\ batch_size | 8 | 16 | 32 |\n|---|---|---|---|\n| bn | 24.8 | 23.7 | 23.6 |\n| gn | 24.0 | 24.2 | 24.1 |" in text
     assert ("Metric: top-1 error (%), lower is better — the measured table shows final validation accuracy (%), "
             "higher is better (the opposite direction).") in text
-    assert "**Published, not measured here** — source not given:" in text
+    assert "**Published, not measured here** — Wu & He 2018, Table 1:" in text
     assert "Metric: as the source names it, direction not stated" in text
     assert "| norm | value |\n|---|---|\n| bn | 23.6 |\n| in | 28.4 |\n| ln | 25.3 |" in text
+
+
+def test_a_reference_without_its_source_is_refused():
+    with pytest.raises(ConfigError, match="`source` .* required"):
+        parse_report({"kind": "pivot", "rows": "norm", "columns": "batch_size",
+                      "references": [{"values": {"bn": 23.6}}]}, REFERENCE_STUDY)
 
 
 def test_a_reference_direction_comes_from_its_words():
