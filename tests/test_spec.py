@@ -234,3 +234,14 @@ def test_variant_with_unknown_key_fails(tmp_path):
     path = write(tmp_path, "name: v\nbase: {}\nvariants: {a: {nrom: gn}}\naxes: {}")
     with pytest.raises(UnknownNameError, match="Unknown variant 'a' key 'nrom'"):
         load_spec(path)
+
+
+@pytest.mark.parametrize("path", list_specs(), ids=lambda p: p.stem)
+def test_expanding_the_seeds_copies_one_validated_config_exactly(path):
+    """Each configuration is validated once and copied per seed: the copies are the configs
+    a full validation makes, ids included."""
+    from bench.spec.config import from_mapping
+
+    for config in load_spec(path).expand():
+        full = from_mapping(config.to_dict())
+        assert config == full and config.trial_id == full.trial_id

@@ -107,13 +107,14 @@ class StudySpec:
             for sweep in itertools.product(*swept.values()):
                 for combo in itertools.product(*(self.axes[a] for a in axis_names)):
                     for zvalues in zipped:
-                        for seed in self.seeds:
-                            values = {
-                                **self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), **fixed,
-                                **dict(zip(swept, sweep)), **self.overrides, "seed": seed,
-                            }
-                            where = f"study {self.key!r}" + (f", variant {name!r}" if name else "")
-                            out.append((name, _with_context(values, where)))
+                        values = {
+                            **self.base, **dict(zip(axis_names, combo)), **dict(zip(zip_names, zvalues)), **fixed,
+                            **dict(zip(swept, sweep)), **self.overrides, "seed": self.seeds[0],
+                        }
+                        where = f"study {self.key!r}" + (f", variant {name!r}" if name else "")
+                        first = _with_context(values, where)  # validated once; the other seeds copy it
+                        canonical = first.canonical() if len(self.seeds) > 1 else None
+                        out += [(name, first if i == 0 else first.with_seed(seed, canonical)) for i, seed in enumerate(self.seeds)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
