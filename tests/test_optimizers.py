@@ -202,6 +202,23 @@ def ref_adax():
     return per_tensor(upd, lambda w: zeros(w, "m", "v")), dict(lr=lr, weight_decay=WD)
 
 
+def ref_lans():
+    """Zheng et al. 2020, Algorithm 2 (ε on the gradient norm as in the authors' kernel;
+    tests/test_lans.py compares with the kernel itself): g̃ = g/(‖g‖+ε), Adam moments of g̃,
+    r = m̂/(√v̂+ε) + λw, c = g̃/(√v̂+ε) + λw, w ← w − η β1 ‖w‖/‖r‖ r − η (1−β1) ‖w‖/‖c‖ c."""
+    b1, b2, eps, lr, lam = 0.9, 0.999, 1e-6, 0.05, 0.01
+
+    def upd(w, g, s, t):
+        g = g / (g.norm() + eps)
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["v"] = b2 * s["v"] + (1 - b2) * g * g
+        d = (s["v"] / (1 - b2**t)).sqrt() + eps
+        r, c = s["m"] / (1 - b1**t) / d + lam * w, g / d + lam * w
+        return w - lr * b1 * w.norm() / r.norm() * r - lr * (1 - b1) * w.norm() / c.norm() * c
+
+    return per_tensor(upd, lambda w: zeros(w, "m", "v")), dict(lr=lr, weight_decay=lam)
+
+
 REFERENCES = {name[4:]: fn for name, fn in dict(globals()).items() if name.startswith("ref_")}
 
 
