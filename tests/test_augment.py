@@ -64,7 +64,7 @@ def _windows(image: torch.Tensor, pad: int) -> list[torch.Tensor]:
 
 def test_registry_lists_every_augment_with_descriptions() -> None:
     assert set(AUGMENTS.names()) == {
-        "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "mixup-cutmix",
+        "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment", "mixup", "cutmix", "mixup-cutmix", "dada",
     }
     for entry in AUGMENTS.entries():
         assert entry.description
