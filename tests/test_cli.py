@@ -145,7 +145,7 @@ def test_local_grid_stores_reports_queries_and_resumes(spec, store_path, tmp_pat
     text = (reports / "tiny.md").read_text()
     assert "| norm \\ batch_size | 16 | 64 |" in text and "(n=1)" in text
     assert (reports / "tiny" / "final_val_acc-vs-batch_size.png").stat().st_size > 1000
-    assert "- The runs: " in text and "(recorded as it started)" in text and "torch" in text
+    assert "- Made by: " in text and "(recorded as it started)" in text and "torch" in text
 
     # the same command again runs nothing
     result = invoke("grid", str(spec), "--executor", "local", "--reports-dir", str(reports))

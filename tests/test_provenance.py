@@ -331,5 +331,5 @@ def test_each_grid_is_recorded_as_it_starts_and_the_report_prints_the_one_that_m
         assert grids[0]["overrides"] == {} and grids[1]["overrides"] == {"epochs": 2}
         assert grids[0]["spec_hash"] == first.spec_hash and grids[0]["git_commit"] == source_revision()[0]
         text = write_report(first, store, tmp_path / "reports").read_text()
-    assert "- The runs: `bench grid elsewhere/tiny-grid.yaml`, started " in text and "--set epochs=2`" not in text
+    assert "- Made by: `bench grid elsewhere/tiny-grid.yaml`, started " in text and "--set epochs=2`" not in text
     assert f"- Rebuild this report: `bench report {spec_path}`" in text

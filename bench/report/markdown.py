@@ -300,16 +300,16 @@ def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: R
 def grid_line(grid: Mapping[str, Any] | None) -> str:
     """The footer's line on the grid that made the runs, as it was recorded when it started."""
     if not grid:
-        return "- The runs: no grid of this profile and these overrides is recorded with the study (nothing to reproduce them from)"
+        return "- Made by: no grid of this profile and these overrides is recorded with the study (nothing to reproduce them from)"
     if grid.get("legacy"):
-        return f"- The runs: the study's last recorded grid command, `{mask_command(str(grid['command']))}` (no revision recorded with it)"
+        return f"- Made by: the study's last recorded grid command, `{mask_command(str(grid['command']))}` (no revision recorded with it)"
     command = f"`{mask_command(str(grid['command']))}`" if grid.get("command") else "`bench.run_study` (the Python API; no command line)"
     commit = grid.get("git_commit")
     where = (f"at commit `{commit}`" + (" with uncommitted changes" if grid.get("git_dirty") else ""
                                         if grid.get("git_dirty") is False else " (changes not recorded)")
              if commit else "outside a git checkout")
     version = f", bench {grid['bench']}" if grid.get("bench") else ""
-    return f"- The runs: {command}, started {grid.get('started_at')} {where}{version} (recorded as it started)"
+    return f"- Made by: {command}, started {grid.get('started_at')} {where}{version} (recorded as it started)"
 
 
 def code_mix(prov: Mapping[str, Any], run_ids: Iterable[str]) -> str | None:
