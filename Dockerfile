@@ -1,8 +1,19 @@
 # bench: one image for the CLI, the Ray head (which also runs the grid's
-# driver) and the Ray workers. Every container built from it carries the same
-# Python, Ray, torch and bench versions, which Ray requires across a cluster.
+# driver), the Ray workers, and the trials of the Docker executor (bench grid
+# --executor docker --image IMAGE runs `python3 -m bench.grid.docker_worker` in
+# it). Every container built from it carries the same Python, Ray, torch and
+# bench versions, which Ray requires across a cluster.
 #
-# CPU build (default):
+# Offline (no registry, no network in the build): docker/build-image.sh makes a
+# Debian base with debootstrap (docker/make-base-image.sh), downloads every wheel
+# into docker/wheels with this machine's pip, then builds with PIP_OFFLINE=1:
+#   docker/build-image.sh bench:cpu
+# which amounts to
+#   docker/make-base-image.sh bench-base:bookworm
+#   docker build --network none --build-arg BASE_IMAGE=bench-base:bookworm \
+#     --build-arg PIP_OFFLINE=1 -t bench:cpu .
+#
+# CPU build from the registries (default):
 #   docker build -t bench:cpu .
 #
 # CUDA build: the PyTorch CUDA wheels bundle the CUDA runtime libraries, so the
@@ -12,7 +23,8 @@
 #   docker build \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 \
 #     -t bench:cu130 .
-# Older drivers: use .../whl/cu128 or .../whl/cu126 instead.
+# Older drivers: use .../whl/cu128 or .../whl/cu126 instead. Offline:
+# TORCH=cuda docker/build-image.sh bench:cuda (the CUDA wheels from local disk).
 #
 # CUDA build on a CUDA runtime base image: the base must provide python3.11
 # (with the venv module) on PATH; the same image is used for both stages.
@@ -29,6 +41,7 @@
 #   docker run --rm bench:cpu --help
 #   docker run --rm -v "$PWD/reports:/app/reports" bench:cpu grid norm-vs-batch
 #   docker run --rm --shm-size=2g --entrypoint ray bench:cpu start --head --block
+#   bench grid norm-vs-batch --executor docker --image bench:cpu   # each trial in a container
 
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -36,10 +49,19 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # ---------------------------------------------------------------- builder ---
 FROM ${BASE_IMAGE} AS builder
 ARG TORCH_INDEX_URL
+# 1: pip installs from the wheels in docker/wheels only (docker/build-image.sh
+# fills it), so the build needs no network; 0: the indexes too.
+ARG PIP_OFFLINE=0
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PIP_FIND_LINKS=/wheels \
+    PIP_NO_INDEX=${PIP_OFFLINE} \
     PATH=/opt/venv/bin:$PATH
+
+# The wheelhouse (a README alone unless docker/build-image.sh filled it); this
+# stage only: the runtime image copies the installed environment.
+COPY docker/wheels/ /wheels/
 
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir --upgrade "pip>=24"

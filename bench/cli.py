@@ -236,7 +236,11 @@ def grid(
     quick: Annotated[bool, typer.Option("--quick", help="The study's quick profile (minutes on a laptop).")] = False,
     profile: Annotated[str | None, typer.Option("--profile", help="A profile defined in the spec.")] = None,
     sets: SetOption = None,
-    executor: Annotated[str, typer.Option(help="ray (Ray Tune) or local (in this process, one at a time).")] = "ray",
+    executor: Annotated[
+        str,
+        typer.Option(help="ray (Ray Tune), local (in this process, one at a time) or docker (each trial in its own "
+                          "container of --image)."),
+    ] = "ray",
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs each trial reserves (and its torch threads).")] = 1.0,
     gpus_per_trial: Annotated[
         float | None,
@@ -267,9 +271,30 @@ def grid(
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep each finished trial's final weights (shown by bench results show).")
     ] = False,
+    image: Annotated[
+        str | None,
+        typer.Option(envvar="BENCH_DOCKER_IMAGE", show_envvar=True,
+                     help="--executor docker: the image each trial's container runs (bench installed, python3 on its PATH; "
+                          "never pulled). docker/build-image.sh builds the project's."),
+    ] = None,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option("--mount", show_default=False,
+                     help="--executor docker: also mount SRC:DST[:ro|rw] in every trial's container (repeatable). The "
+                          "store, checkpoint, journal and data directories and the plugins are mounted already."),
+    ] = None,
+    memory_per_trial: Annotated[
+        str | None, typer.Option(help="--executor docker: memory limit of each trial's container (512m, 4g).")
+    ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option(help="--executor docker: the containers' network (default: none with the embedded store, host "
+                          "with MongoDB)."),
+    ] = None,
 ) -> None:
-    """Run a study's grid: every trial not yet finished, side by side on Ray Tune. Trials
-    checkpoint after every epoch; an interrupted one resumes where it stopped."""
+    """Run a study's grid: every trial not yet finished, side by side on Ray Tune (or each in
+    its own container, --executor docker). Trials checkpoint after every epoch; an
+    interrupted one resumes where it stopped."""
     if list_:
         from bench.spec import list_specs
 
@@ -289,8 +314,12 @@ def grid(
         check_device(device, available=executor == "local")  # Ray's workers may have what this machine lacks
     options = GridOptions(
         executor, cpus_per_trial, gpus_per_trial, max_concurrent, address, data_dir, device, retries=retries,
-        keep_checkpoints=keep_checkpoints,
+        keep_checkpoints=keep_checkpoints, image=image, mounts=list(mount or []), memory_per_trial=memory_per_trial,
+        network=network,
     )
+    from bench.grid.docker_executor import check_options
+
+    check_options(options)  # docker's options, and none of them for another executor
     if dry_run:
         from bench.grid.estimate import describe_plan
 
@@ -302,6 +331,10 @@ def grid(
         from bench.grid.cluster import check_address
 
         check_address(address)  # a wrong address is refused before the store is opened (or created)
+    elif executor == "docker":
+        from bench.grid.docker_executor import check_engine
+
+        check_engine(options)  # no engine, no image, a bad mount: refused before the store is opened
     with _store(ctx) as store, terminable():
         outcome = run_study(
             spec, store, options, stale_after=stale_after, keep_old=keep_old_results,

@@ -8,6 +8,9 @@ it happens. Executors:
   asked per trial; every Ray call lives in :mod:`bench.grid.ray_executor` and
   :mod:`bench.grid.cluster`, the adapters to Ray's often-changing API.
 - ``local``: the trials one after another in this process (debugging, tests).
+- ``docker``: each trial in its own container of a declared image, on the Docker SDK
+  (:mod:`bench.grid.docker_executor`); the container writes its trial's metrics to the
+  store under the driver's claim.
 
 Re-running the same study after Ctrl-C or a crash runs only what is not finished, and
 what finished with other code or data than now (:func:`provenance_notes` says which;
@@ -52,7 +55,14 @@ def run_ray(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -
     run_with_tune(todo, recorder, options)
 
 
-EXECUTORS: dict[str, Executor] = {"ray": run_ray, "local": run_local}
+def run_docker(todo: list[TrialConfig], recorder: Recorder, options: GridOptions) -> None:
+    """The ``docker`` executor: each trial in its own container."""
+    from bench.grid.docker_executor import run_in_containers  # imports the Docker SDK
+
+    run_in_containers(todo, recorder, options)
+
+
+EXECUTORS: dict[str, Executor] = {"ray": run_ray, "local": run_local, "docker": run_docker}
 
 
 def run_grid(plan_: GridPlan, store: ResultStore, options: GridOptions, progress: Progress | None = None) -> Recorder:
@@ -135,9 +145,17 @@ def run_study(
 
         # a wrong or unreachable address costs nothing: nothing is written yet
         on_cluster = check_address(options.address) is not None
+    elif options.executor == "docker":
+        from bench.grid.docker_executor import check_engine
+
+        check_engine(options)  # engine, image, mounts, GPUs; containers of grids that ended are removed
     first = plan(spec, store, stale_after=stale_after, keep_old=keep_old, data_dir=options.data_dir)
     if first.todo and not on_cluster:  # on a cluster, each node is checked for its own data (ray_executor)
         check_datasets(first.todo, options.data_dir)
+    if first.todo and options.executor == "docker":
+        from bench.grid.docker_executor import check_image_runs
+
+        check_image_runs(options, store)  # a container of the image opens the store: still nothing written
     record_grid(store, spec, command)  # before any trial: what ran them is known even if it is stopped
     outcome = StudyRun(first, {}, len(first.todo))
     outcome.counts = _run_round(first, "grid", store, options, progress_factory, outcome.write_errors)
