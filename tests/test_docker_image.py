@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from bench.store import open_store
-from test_docker_engine import engine  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -34,7 +33,21 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def built(engine) -> str:  # noqa: F811
+def engine():
+    """The engine at DOCKER_HOST (skipped, with the reason, without one)."""
+    docker = pytest.importorskip("docker", reason="the Docker SDK is not installed")
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"no Docker engine answers at {os.environ.get('DOCKER_HOST') or 'the default socket'}: {exc}")
+    client.api.timeout = 1800
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def built(engine) -> str:
     """The image of docker/build-image.sh (BENCH_DOCKER_IMAGE: one built already)."""
     name = os.environ.get("BENCH_DOCKER_IMAGE") or "bench:local"
     if not os.environ.get("BENCH_DOCKER_IMAGE"):
@@ -47,13 +60,13 @@ def built(engine) -> str:  # noqa: F811
     return name
 
 
-def test_the_image_runs_the_quick_study(engine, built):  # noqa: F811
+def test_the_image_runs_the_quick_study(engine, built):
     output = engine.containers.run(built, ["grid", "norm-vs-batch", "--quick"], network_mode="none", shm_size="2g",
                                    remove=True, stdout=True, stderr=True).decode()
     assert "done: 10 completed, 0 diverged, 0 failed" in output, output
 
 
-def test_the_docker_executor_runs_trials_in_the_image(engine, built, tmp_path):  # noqa: F811
+def test_the_docker_executor_runs_trials_in_the_image(engine, built, tmp_path):
     spec = tmp_path / "in-image.yaml"
     spec.write_text(textwrap.dedent("""\
         name: in-image
@@ -83,7 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_compose_starts_the_ray_services_and_runs_the_quick_study(engine, built):  # noqa: F811
+def test_compose_starts_the_ray_services_and_runs_the_quick_study(engine, built):
     cli = _compose_cli()
     if cli is None:
         pytest.skip("no docker compose plugin and no docker-compose")
