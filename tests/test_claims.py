@@ -191,7 +191,8 @@ def test_a_share_of_runs_is_tested_exactly_against_the_claimed_share():
            "among": {"metric": "loss_spikes", "above": 0}, "expect": "more", "share": 0.5}
     v = verdict(doc, runs)
     result = stats.binomtest(9, 10, 0.5)
-    assert v.n == 10 and v.effect == pytest.approx(90.0) and v.p == pytest.approx(result.pvalue)
+    assert v.n == 3 and "9/10 runs" in v.test  # n: seeds per configuration pooled
+    assert v.effect == pytest.approx(90.0) and v.p == pytest.approx(result.pvalue)
     assert v.low == pytest.approx(100 * result.proportion_ci(0.95, "exact").low) and v.verdict == "reproduced"
     assert verdict({**doc, "expect": "fewer"}, runs).verdict == "contradicted"
 
@@ -201,3 +202,14 @@ def test_a_claim_on_values_the_study_lacks_is_inconclusive_and_says_which():
     runs = frame({("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81]})
     v = verdict({**GN_BEATS_BN, "b": {"norm": "xx", "batch_size": 2}}, runs)
     assert v.verdict == "inconclusive" and "norm='xx'" in v.reason and v.seeds_needed is None
+
+
+def test_a_pooled_count_needs_three_seeds_in_every_configuration_it_pools():
+    """Twenty runs of twenty configurations at one seed each decide nothing."""
+    runs = frame({(norm, b): [0.8] for norm in ("gn", "bn") for b in (2, 4, 8, 16)})
+    runs.loc[runs["norm"] == "bn", "loss_spikes"] = 3
+    doc = {"kind": "count", "a": {"norm": "gn"}, "b": {"norm": "bn"}, "event": {"metric": "loss_spikes", "above": 0},
+           "expect": "fewer"}
+    v = verdict(doc, runs)
+    assert v.n == 1 and v.verdict == "inconclusive" and "fewer than 3 seeds per configuration" in v.reason
+    assert v.p == pytest.approx(stats.fisher_exact([[0, 4], [4, 0]]).pvalue)

@@ -493,7 +493,7 @@ def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     ka, na = _events(a_runs, event)
     kb, nb = _events(b_runs, event)
     fewer = claim.options["expect"] == "fewer"
-    n = min(na, nb)
+    n = min(_seeds_per_configuration(a_runs), _seeds_per_configuration(b_runs))
     test = f"Fisher's exact test, {ka}/{na} vs {kb}/{nb} runs"
     what = _event_text(event)
     unit = f"share of runs with {what}, {_contrast(claim.options['a'], claim.options['b'])} (points)"
@@ -503,14 +503,29 @@ def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     p = float(stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue)
     claimed_side = effect < 0 if fewer else effect > 0
     if n < MIN_SEEDS:
-        verdict, reason = "inconclusive", f"fewer than {MIN_SEEDS} runs"
+        verdict, reason = "inconclusive", f"fewer than {MIN_SEEDS} seeds per configuration"
     elif p < alpha:
         verdict, reason = ("reproduced", "significant in the claimed direction") if claimed_side else (
             "contradicted", "significant in the other direction")
     else:
         verdict, reason = "inconclusive", "no significant difference" if ka != kb or ka else "no such run in either"
-    needed = _count_seeds(ka / na, kb / nb, alpha) if verdict == "inconclusive" and n >= 1 else None
+    needed = None
+    if verdict == "inconclusive":
+        runs_needed = _count_seeds(ka / na, kb / nb, alpha)  # per group, spread over its configurations
+        configs = min(_configurations(a_runs), _configurations(b_runs)) or 1
+        needed = None if runs_needed is None else max(MIN_SEEDS, math.ceil(runs_needed / configs))
     return Verdict(claim, verdict, effect, math.nan, math.nan, p, n, test, unit, needed, reason)
+
+
+def _seeds_per_configuration(runs: pd.DataFrame) -> int:
+    """The fewest finished runs (completed or diverged) of any configuration among ``runs``:
+    a pooled claim is decided only where every configuration it pools has enough seeds."""
+    finished = runs[runs["status"].isin(["completed", "diverged"])]
+    if finished.empty:
+        return 0
+    counts = config_keys(finished).value_counts()
+    every = config_keys(runs).unique()
+    return int(min(counts.get(key, 0) for key in every))
 
 
 def _share(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
@@ -519,6 +534,7 @@ def _share(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     if among is not None:
         part = part[_has_event(part, among)]
     k, n = _events(part, claim.options["event"])
+    cell_n = _seeds_per_configuration(_select(runs, claim.options["where"], claim, "where", single=False))
     share, more = claim.options["share"], claim.options["expect"] == "more"
     what = _event_text(claim.options["event"]) + (f" among runs with {_event_text(among)}" if among else "")
     unit = f"share of runs with {what} (%); claimed {'above' if more else 'below'} {100 * share:g}%"
@@ -528,7 +544,9 @@ def _share(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     result = stats.binomtest(k, n, share)
     ci = result.proportion_ci(confidence_level=1 - alpha, method="exact")
     low, high, effect = 100 * ci.low, 100 * ci.high, 100 * k / n
-    if n < MIN_SEEDS:
+    if cell_n < MIN_SEEDS:
+        verdict, reason = "inconclusive", f"fewer than {MIN_SEEDS} seeds per configuration"
+    elif n < MIN_SEEDS:
         verdict, reason = "inconclusive", f"fewer than {MIN_SEEDS} runs"
     elif (low > 100 * share) if more else (high < 100 * share):
         verdict, reason = "reproduced", "interval on the claimed side"
@@ -540,7 +558,7 @@ def _share(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     if verdict == "inconclusive" and n and k / n != share:
         needed = next((m for m in range(MIN_SEEDS, MAX_SEEDS + 1)
                        if stats.binomtest(round(k / n * m), m, share).pvalue < alpha), MAX_SEEDS + 1)
-    return Verdict(claim, verdict, effect, low, high, float(result.pvalue), n, test, unit, needed, reason)
+    return Verdict(claim, verdict, effect, low, high, float(result.pvalue), min(n, cell_n), test, unit, needed, reason)
 
 
 def _has_event(runs: pd.DataFrame, event: Mapping[str, Any]) -> pd.Series:
