@@ -295,11 +295,19 @@ def config_keys(runs: pd.DataFrame) -> pd.Series:
     columns = [c for c in (*CONFIG_FIELDS, "variant") if c in runs and c != "seed"]
     if not columns:
         return pd.Series([""] * len(runs), index=runs.index)
-    parts = []
-    for column in columns:
-        default = CONFIG_FIELDS[column].default if column in CONFIG_FIELDS else None
-        parts.append(runs[column].map(lambda v, d=default: repr(d if v is None or (isinstance(v, float) and math.isnan(v)) else v)))
+    parts = [runs[column].map(lambda v, d=CONFIG_FIELDS[column].default if column in CONFIG_FIELDS else None: _key(v, d))
+             for column in columns]
     return pd.concat(parts, axis=1).agg("\x1f".join, axis=1)
+
+
+def _key(value: Any, default: Any) -> str:
+    """A config value as key text: missing (None, NaN) as its default, and a whole float as
+    its integer (a column with missing values holds 16 as 16.0)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return repr(value)
 
 
 def _values(runs: pd.DataFrame, metric: Metric) -> dict[int, float]:

@@ -56,7 +56,8 @@ def findings_lines(verdicts: Sequence[Verdict], alpha: float) -> list[str]:
         "side of its margin (a `flat` claim: every level's interval within ± the tolerance; a `count` claim: Fisher's "
         f"exact test significant at α = {alpha:g} in the claimed direction), *contradicted* when it lies entirely on "
         f"the other side, and *inconclusive* otherwise or on fewer than {MIN_SEEDS} seeds per cell. n: seeds in the "
-        "fewest-seeded cell the claim reads (completed runs; a run collapsed to chance counts with its accuracy). "
+        "fewest-seeded cell the claim reads (a `count` or `share` claim: of any configuration it pools; completed "
+        "runs, a run collapsed to chance counting with its accuracy). "
         f"Seeds for a decision: per cell, for a test at α = {alpha:g} to decide with power {POWER:g} if the observed "
         "effect and spread were the true ones (a planning figure, not a promise). Each claim is tested on its own, "
         "not adjusted for the number of claims.",
