@@ -423,6 +423,7 @@ def test_a_stopped_or_killed_grid_leaves_no_container_and_resumes(engine, image,
 
     second = grid(spec, image, log=tmp_path / "2.log")
     wait_for(lambda: len(epochs(run_id)) > max(stopped_at, 1), 240, "an epoch of the resumed trial")
+    lifeline = next(e for e in containers(engine)[0].attrs["Config"]["Env"] if e.startswith("BENCH_DOCKER_LIFELINE="))
     second.kill()
     second.wait(30)
     wait_for(lambda: not containers(engine, status="running"), 60, "the killed grid's container to stop itself")
@@ -439,5 +440,6 @@ def test_a_stopped_or_killed_grid_leaves_no_container_and_resumes(engine, image,
     assert outcomes[0][0] == "interrupted" and outcomes[-1][0] == "completed" and outcomes[-1][1], outcomes
     assert run["checkpoint"] is None
     assert not containers(engine), "the next grid removed the killed grid's container"
+    assert not Path(lifeline.partition("=")[2]).parent.exists(), "and the killed grid's lifeline directory"
 
 

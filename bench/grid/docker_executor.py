@@ -77,6 +77,7 @@ POLL_EVERY = 0.5  # seconds between looks at the running containers
 LOG_LINES = 200  # lines of a failed container's log kept in the run's error
 MEMORY_RE = re.compile(r"\d+(\.\d+)?[bkmg]?", re.I)
 ENV_GPUS = "BENCH_DOCKER_GPUS"  # the engine's GPUs the executor hands out (e.g. 0,1,2,3)
+LIFELINE_PREFIX = "bench-lifeline-"  # the driver's lifeline directory, in the temporary directory
 
 
 # -- options ----------------------------------------------------------------------------
@@ -212,9 +213,24 @@ def remove_orphans(client: DockerClient) -> int:
     for info in client.api.containers(all=True, filters={"label": LABEL_DRIVER}):
         labels = info.get("Labels") or {}
         if driver_gone(labels.get(LABEL_DRIVER), labels.get(LABEL_START) or None):
+            _remove_lifeline(client, info["Id"])
             _remove(client, info["Id"])
             removed += 1
     return removed
+
+
+def _remove_lifeline(client: DockerClient, container_id: str) -> None:
+    """The lifeline directory an ended driver left in the temporary directory."""
+    import docker
+
+    try:
+        env = client.api.inspect_container(container_id)["Config"].get("Env") or []
+    except docker.errors.APIError:
+        return
+    for entry in env:
+        name, _, value = entry.partition("=")
+        if name == ENV_LIFELINE and Path(value).parent.name.startswith(LIFELINE_PREFIX):
+            shutil.rmtree(Path(value).parent, ignore_errors=True)
 
 
 def _remove(client: DockerClient, container_id: str) -> None:
@@ -628,7 +644,7 @@ class Lifeline:
     and each worker stops its trial. Connections the containers closed are let go."""
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="bench-lifeline-")
+        self.directory = tempfile.mkdtemp(prefix=LIFELINE_PREFIX)
         self.path = str(Path(self.directory) / "driver.sock")
         self._selector = selectors.DefaultSelector()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
