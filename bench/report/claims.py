@@ -491,7 +491,7 @@ def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
         low, high = -high, -low
     p = math.nan
     return Verdict(claim, verdict, abs(worst[2]), low, high, p, n, test,
-                   unit + f" (at {over}={worst[0]})", needed, reason)
+                   unit + f" (at {over}={worst[0]}, where level − reference is {worst[2]:+.{metric.digits}f})", needed, reason)
 
 
 def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
