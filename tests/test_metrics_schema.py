@@ -168,8 +168,9 @@ def test_a_pivot_of_loss_spikes_renders(frame):
     built = build({"kind": "pivot", "rows": "norm", "columns": "batch_size", "metric": "loss_spikes", "baseline": None}, frame)
     (table,) = built.tables.values()
     assert table.caption.startswith("Loss spikes: norm × batch_size")
-    assert "| bn | **0.5 ± 0.7** (n=2) | **2.5 ± 0.7** (n=2) |" in built.text  # fewer spikes are better: bold
+    assert "| bn | 0.5 ± 0.7 (n=2) | 2.5 ± 0.7 (n=2) |" in built.text  # fewer is better, but not separated: no bold
     assert "| gn | 1.5 ± 0.7 (n=2) | 3.5 ± 0.7 (n=2) |" in built.text
+    assert "batch_size = 2: best: tied between `bn` 0.5 and `gn` 1.5" in built.text  # the lower count leads
 
 
 def test_a_ranking_of_max_acc_drop_renders_in_points(frame):

@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bench.report.frame import load_results, metrics_frame, runs_frame
+from bench.report.frame import load_results, metrics_frame
+from bench.store.flat import runs_frame_from_docs as runs_frame  # the store's frames, before the report adds `outcome`
 from bench.store import EmbeddedStore, ResultStore
 from bench.store.base import runs_by_id
 from bench.store.embedded import FILE_VERSION
