@@ -213,3 +213,12 @@ def test_a_pooled_count_needs_three_seeds_in_every_configuration_it_pools():
     v = verdict(doc, runs)
     assert v.n == 1 and v.verdict == "inconclusive" and "fewer than 3 seeds per configuration" in v.reason
     assert v.p == pytest.approx(stats.fisher_exact([[0, 4], [4, 0]]).pvalue)
+
+
+def test_a_pipe_in_a_claims_words_does_not_break_the_findings_table():
+    runs = frame({("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81]})
+    study = {**STUDY, "report": {"kind": "pivot", "rows": "norm", "columns": "batch_size",
+                                 "claims": [{"name": "c", "statement": "|GN| wins", "source": SOURCE, **GN_BEATS_BN}]}}
+    text = build_report(study, runs, {"date": "d"}).text
+    row = next(line for line in text.splitlines() if "wins" in line)
+    assert row.count(" | ") == 6 and "\\|GN\\| wins" in row  # seven cells, the pipes escaped

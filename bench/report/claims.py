@@ -451,7 +451,7 @@ def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     ordered = sorted(levels, key=lambda v: (float(v) if isinstance(v, (int, float)) else math.inf, str(v)))
     reference = claim.options.get("reference", ordered[-1] if ordered else None)
     test = f"paired t-intervals of each level − {over}={reference} (1 − α each, not adjusted)"
-    unit = f"largest |level − {over}={reference}|, {_unit(metric)}; claimed within ±{tolerance:g}"
+    unit = f"largest deviation of a level from {over}={reference}, {_unit(metric)}; claimed within ±{tolerance:g}"
     if reference not in levels or len(levels) < 2:
         return Verdict(claim, "inconclusive", math.nan, math.nan, math.nan, math.nan, 0, test, unit, None,
                        f"no results at {over}={reference}" if reference not in levels else "one level only")

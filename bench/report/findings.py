@@ -38,7 +38,7 @@ def findings_lines(verdicts: Sequence[Verdict], alpha: float) -> list[str]:
         if not math.isnan(v.low):
             effect += f" [{number(v.low, digits, signed=True)}, {number(v.high, digits, signed=True)}]"
         test = v.test + (f", {p_value(v.p)}" if not math.isnan(v.p) else "")
-        rows.append({
+        rows.append({key: _cell(text) for key, text in {
             "claim": f"{v.claim.statement} (`{v.claim.name}`)",
             "source": v.claim.source,
             "verdict": f"**{v.verdict}**" + (f": {v.reason}" if v.reason else ""),
@@ -46,7 +46,7 @@ def findings_lines(verdicts: Sequence[Verdict], alpha: float) -> list[str]:
             "test": test,
             "n": str(v.n),
             "seeds for a decision": _needed(v),
-        })
+        }.items()})
     lines = [
         f"{len(verdicts)} published claim{'s' if len(verdicts) != 1 else ''} tested: {summary}.",
         "",
@@ -67,6 +67,11 @@ def findings_lines(verdicts: Sequence[Verdict], alpha: float) -> list[str]:
     if notes:
         lines += ["Notes:", "", *notes, ""]
     return lines
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a claim's words may hold a pipe)."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _needed(v: Verdict) -> str:
