@@ -385,7 +385,7 @@ def _t_p(estimate: float, se: float, df: int) -> float:
     return float(2 * stats.t.sf(abs(estimate / se), df))
 
 
-def _levels(claim: Claim, runs: pd.DataFrame, metric: Metric, study_order: Sequence[Any] | None = None) -> dict[Any, dict[int, float]]:
+def _levels(claim: Claim, runs: pd.DataFrame, metric: Metric) -> dict[Any, dict[int, float]]:
     """Level of the ``over`` axis → seed → value, within the claim's ``where``."""
     over = claim.options["over"]
     part = runs

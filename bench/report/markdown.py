@@ -25,7 +25,6 @@ from bench.report.findings import FINDINGS_TABLE, findings_lines, findings_table
 from bench.report.kinds import SECTIONS, SectionInput
 from bench.report.schema import ReportSpec, SectionSpec, parse_report
 from bench.report.sections._common import varied_keys
-from bench.spec import CONFIG_FIELDS
 from bench.store.base import mask_command
 
 
