@@ -15,7 +15,6 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from bench.errors import ConfigError
-from bench.report.schema import parse_report
 from bench.metrics import run_metric
 from bench.report.format import MARKDOWN, format_cell
 from bench.report.frame import (
