@@ -3,9 +3,8 @@
 For each ``reports/<study>.md``: import ``reports/<study>/results.jsonl.gz`` into an empty
 store, rebuild the report from the store alone, and compare: the markdown must be the
 committed file except the date and store of its "Generated" line, and every committed CSV
-table must come out the same. A report whose runs are not committed cannot be checked, so
-it is listed below with the reason and fails strictly once its runs land (then the entry
-goes)."""
+table must come out the same. A report without its runs beside it fails: it could not be
+checked."""
 
 from __future__ import annotations
 
@@ -22,23 +21,12 @@ from bench.store.transfer import import_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = sorted((ROOT / "reports").glob("*.md"))
 
-#: Reports whose runs are not (yet) committed beside them: they cannot be rebuilt.
-AWAITING_RUNS = {
-    "norm-zoo": "its runs predate committed exports; re-run with 3 seeds",
-}
-
 
 def _normalized(text: str) -> list[str]:
     return ["- Generated: (date and store)" if line.startswith("- Generated: ") else line for line in text.splitlines()]
 
 
-def _cases():
-    for path in REPORTS:
-        marks = [pytest.mark.xfail(strict=True, reason=AWAITING_RUNS[path.stem])] if path.stem in AWAITING_RUNS else []
-        yield pytest.param(path, id=path.stem, marks=marks)
-
-
-@pytest.mark.parametrize("report", list(_cases()))
+@pytest.mark.parametrize("report", REPORTS, ids=[p.stem for p in REPORTS])
 def test_a_committed_report_rebuilds_from_its_committed_runs(report: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(ROOT)  # as `bench report STUDY` runs from the checkout (the footer names ablations/STUDY.yaml)
     folder = report.with_suffix("")
