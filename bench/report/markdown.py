@@ -62,13 +62,13 @@ def build_report(
     out = [f"# {spec.title or key}", ""]
     if study.get("description"):
         out += [str(study["description"]).strip(), ""]
+    prefix = key.replace("@", "-")  # the report's folder
     verdicts = evaluate(spec.claims, frame, alpha=spec.alpha, tune=study.get("tune"))
     out += ["## Findings", "", *findings_lines(verdicts, spec.alpha)]
     if verdicts:
-        report.tables[f"{key.replace('@', '-')}/{FINDINGS_TABLE}"] = findings_table(verdicts)
-        out += [f"Table: [{FINDINGS_TABLE}.csv]({key.replace('@', '-')}/{FINDINGS_TABLE}.csv)", ""]
+        report.tables[f"{prefix}/{FINDINGS_TABLE}"] = findings_table(verdicts)
+        out += [f"Table: [{FINDINGS_TABLE}.csv]({prefix}/{FINDINGS_TABLE}.csv)", ""]
     out += ["## Set-up", "", *_setup_lines(study, frame), *budget_lines(spec.budget, frame), ""]
-    prefix = key.replace("@", "-")
     for section in spec.sections:
         out += _section(section, study, frame, epochs, steps, prefix, report, provenance)
     out += ["## Runs", "", *_outcome_lines(frame), ""]
@@ -296,6 +296,17 @@ def _provenance_lines(prov: Mapping[str, Any], study: Mapping[str, Any], spec: R
     return lines
 
 
+def revision(env: Mapping[str, Any]) -> str:
+    """A code revision as text (a run's ``env``, or a grid record): its commit, and whether
+    the tree had uncommitted changes (``git_dirty``; records from before it was kept say
+    nothing of it)."""
+    commit = env.get("git_commit")
+    if not commit:
+        return "no recorded commit"
+    dirty = env.get("git_dirty")
+    return f"`{commit}`" + (" with uncommitted changes" if dirty else "" if dirty is False else " (changes not recorded)")
+
+
 def grid_line(grid: Mapping[str, Any] | None) -> str:
     """The footer's line on the grid that made the runs, as it was recorded when it started."""
     if not grid:
@@ -303,10 +314,7 @@ def grid_line(grid: Mapping[str, Any] | None) -> str:
     if grid.get("legacy"):
         return f"- Made by: the study's last recorded grid command, `{mask_command(str(grid['command']))}` (no revision recorded with it)"
     command = f"`{mask_command(str(grid['command']))}`" if grid.get("command") else "`bench.run_study` (the Python API; no command line)"
-    commit = grid.get("git_commit")
-    where = (f"at commit `{commit}`" + (" with uncommitted changes" if grid.get("git_dirty") else ""
-                                        if grid.get("git_dirty") is False else " (changes not recorded)")
-             if commit else "outside a git checkout")
+    where = f"at commit {revision(grid)}" if grid.get("git_commit") else "outside a git checkout"
     version = f", bench {grid['bench']}" if grid.get("bench") else ""
     return f"- Made by: {command}, started {grid.get('started_at')} {where}{version} (recorded as it started)"
 

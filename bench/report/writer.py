@@ -18,7 +18,7 @@ from bench.grid.tuning import study_trials
 from bench.report.export import to_csv, to_latex
 from bench.report.frame import runs_frame, store_metrics_frame, store_runs_frame
 from bench.report.kinds import SECTIONS
-from bench.report.markdown import build_report, section_runs
+from bench.report.markdown import build_report, revision, section_runs
 from bench.report.schema import parse_report
 from bench.spec import StudySpec
 from bench.store.base import runs_by_id
@@ -51,16 +51,6 @@ def _libraries() -> str:
         except metadata.PackageNotFoundError:
             continue
     return "report built with " + ", ".join(versions)
-
-
-def revision(env: Mapping[str, Any]) -> str:
-    """A run's code revision as text: its commit, and whether the tree had uncommitted
-    changes (``git_dirty``; runs from before it was recorded say nothing of it)."""
-    commit = env.get("git_commit")
-    if not commit:
-        return "no recorded commit"
-    dirty = env.get("git_dirty")
-    return f"`{commit}`" + (" with uncommitted changes" if dirty else "" if dirty is False else " (changes not recorded)")
 
 
 def code_provenance(runs: list[dict[str, Any]]) -> dict[str, Any]:
