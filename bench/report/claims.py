@@ -62,6 +62,7 @@ from scipy import stats
 
 from bench.errors import ConfigError
 from bench.metrics import RUN_METRICS, Metric
+from bench.report.stats import paired_difference
 
 MIN_SEEDS = 3  # no verdict but "inconclusive" on fewer seeds per cell
 POWER = 0.8  # the power at which seeds_needed plans
@@ -347,14 +348,10 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
         dd = _values(_select(runs, claim.options["d"], claim, "d"), metric)
         seeds = sorted(set(a) & set(b) & set(c) & set(dd))
         d = np.array([sign * ((a[s] - b[s]) - (c[s] - dd[s])) for s in seeds])
-    n = len(d)
-    effect = float(d.mean()) if n else math.nan
-    sd = float(d.std(ddof=1)) if n > 1 else math.nan
-    low, high, p = math.nan, math.nan, math.nan
-    if n > 1:
-        half = stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n)
-        low, high = effect - half, effect + half
-        p = _t_p(effect - margin, sd / math.sqrt(n), n - 1)
+    # the per-seed excess over the margin, tested against zero: H0 is "difference = margin"
+    test = paired_difference(dict(zip(seeds, d - margin)), dict.fromkeys(seeds, 0.0), ci="t", level=1 - alpha)
+    n, sd, p = test.pairs, test.std, test.p
+    effect, low, high = test.mean + margin, test.low + margin, test.high + margin
     verdict, reason = _interval_verdict(effect, low, high, margin, n)
     needed = None
     if verdict == "inconclusive" and n > 1:
@@ -460,13 +457,8 @@ def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     for level in ordered:
         if level == reference:
             continue
-        seeds = sorted(set(levels[level]) & set(ref))
-        d = np.array([levels[level][s] - ref[s] for s in seeds])
-        k = len(d)
-        mean = float(d.mean()) if k else math.nan
-        sd = float(d.std(ddof=1)) if k > 1 else math.nan
-        half = stats.t.ppf(1 - alpha / 2, k - 1) * sd / math.sqrt(k) if k > 1 else math.nan
-        rows.append((level, k, mean, sd, mean - half, mean + half))
+        diff = paired_difference(levels[level], ref, ci="t", level=1 - alpha)
+        rows.append((level, diff.pairs, diff.mean, diff.std, diff.low, diff.high))
     n = min(r[1] for r in rows)
     worst = max(rows, key=lambda r: abs(r[2]) if not math.isnan(r[2]) else -1)
     outside = [r for r in rows if r[4] > tolerance or r[5] < -tolerance]
