@@ -558,8 +558,9 @@ def train(
 def _print_epoch(m: dict[str, Any]) -> None:
     console.print(
         f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.4f}  "
-        f"val loss {m['val_loss']:.4f}  val acc {m['val_acc']:.4f}  lr {m['lr']:.3g}  "
-        f"|g| {m['grad_norm']:.3g}  {m['epoch_seconds']:.1f}s  {m['samples_per_s'] or 0:.0f}/s"
+        f"val loss {m['val_loss']:.4f}  val acc {m['val_acc']:.4f}  "
+        + (f"ema val acc {m['ema_val_acc']:.4f}  " if "ema_val_acc" in m else "")
+        + f"lr {m['lr']:.3g}  |g| {m['grad_norm']:.3g}  {m['epoch_seconds']:.1f}s  {m['samples_per_s'] or 0:.0f}/s"
     )
 
 

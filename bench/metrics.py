@@ -13,7 +13,8 @@ Accuracies are stored as fractions (unit ``fraction``) and shown in percent, so
 differences between them read in percentage points. Times are seconds of
 ``time.perf_counter``; memory is in MiB (2²⁰ bytes, labelled MB). Some run metrics exist
 only for some runs: the ``diverged_*`` ones for diverged runs, the stability ones
-(``needs_steps``) for runs with ``log_steps: true``.
+(``needs_steps``) for runs with ``log_steps: true``, the EMA model's (``needs_ema``) for runs
+with ``ema_decay`` > 0 (:mod:`bench.trial.ema`).
 
 Not metrics: the summary's ``device`` (text, in :data:`SUMMARY_FIELDS`: queryable, not
 tabulated), and what the ``time-to-accuracy`` section computes (epoch, optimizer steps and
@@ -48,6 +49,7 @@ class Metric:
     definition: str = ""
     derived: bool = False  # also stored under the run's ``derived`` when the trial is registered
     needs_steps: bool = False  # computed from the per-step records (``log_steps: true``)
+    needs_ema: bool = False  # the EMA model's, recorded by runs with one (``ema_decay`` > 0)
 
     def title(self) -> str:
         return self.label[0].upper() + self.label[1:]
@@ -68,6 +70,7 @@ _ACC = dict(unit="fraction", scale=100.0, delta_unit="points")
 _LOSS = dict(unit="nats", higher_is_better=False, digits=3)
 _SECONDS = dict(unit="s", higher_is_better=False)
 _COUNT = dict(unit="spikes", higher_is_better=False, needs_steps=True)
+_EMA = dict(needs_ema=True)
 
 METRICS: tuple[Metric, ...] = (
     # -- run: outcome
@@ -81,6 +84,13 @@ METRICS: tuple[Metric, ...] = (
            definition="mean cross-entropy on the validation split after the last completed epoch"),
     Metric("final_train_loss", "final training loss", **_LOSS,
            definition="mean training loss (label smoothing included) over the last epoch's batches"),
+    # -- run: the EMA model's (runs with ema_decay > 0; see bench/trial/ema.py)
+    Metric("final_ema_val_acc", "final EMA validation accuracy (%)", **_ACC, **_EMA,
+           definition="top-1 accuracy on the validation split of the EMA model after the last completed epoch"),
+    Metric("best_ema_val_acc", "best EMA validation accuracy (%)", **_ACC, **_EMA,
+           definition="the EMA model's highest validation accuracy over the completed epochs"),
+    Metric("final_ema_val_loss", "final EMA validation loss", **_LOSS, **_EMA,
+           definition="the EMA model's mean cross-entropy on the validation split after the last completed epoch"),
     # -- run: cost
     Metric("samples_per_s", "training throughput (samples/s)", unit="samples/s", digits=0,
            definition="training examples per second of training time, over all completed epochs"),
@@ -118,6 +128,10 @@ METRICS: tuple[Metric, ...] = (
     # -- epoch
     Metric("val_acc", "validation accuracy (%)", EPOCH, **_ACC,
            definition="top-1 accuracy on the validation split after the epoch"),
+    Metric("ema_val_acc", "EMA validation accuracy (%)", EPOCH, **_ACC, **_EMA,
+           definition="top-1 accuracy on the validation split of the EMA model after the epoch"),
+    Metric("ema_val_loss", "EMA validation loss", EPOCH, **_LOSS, **_EMA,
+           definition="the EMA model's mean cross-entropy on the validation split after the epoch"),
     Metric("train_acc", "training accuracy (%)", EPOCH, **_ACC,
            definition="top-1 accuracy on the epoch's training batches, as trained (augmented)"),
     Metric("val_loss", "validation loss", EPOCH, **_LOSS,
@@ -152,6 +166,9 @@ SUMMARY_FIELDS: dict[str, str] = {
 
 #: The run metrics computed from the per-step records (``log_steps: true``).
 STABILITY_METRICS: tuple[str, ...] = tuple(m.name for m in RUN_METRICS.values() if m.needs_steps)
+
+#: The metrics of the EMA model, both scopes (runs with ``ema_decay`` > 0).
+EMA_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.needs_ema)
 
 
 def run_metric(name: str) -> Metric:

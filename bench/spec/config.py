@@ -30,8 +30,9 @@ from bench.zoo.registry import REGISTRIES, Option, on_register
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EMA_NORMS = ("eman", "copy", "recompute")  # how the EMA model's normalization statistics are formed (bench/trial/ema.py)
 
-# The options every trial reads (``when``: only while that bool field is true). The fields
+# The options every trial reads (``when``: only while that field is true, or not 0). The fields
 # named like a registry (dataset, augment, arch, norm, conv, optimizer, schedule) choose
 # its entry; the entry's own options follow from its declaration.
 TRIAL_OPTIONS: tuple[Option, ...] = (
@@ -80,6 +81,12 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
            choices=PRECISIONS),
     Option("channels_last", bool, False, "the model and image batches in channels-last memory format"),
     Option("compile", bool, False, "torch.compile the model (inductor; the first steps compile it)"),
+    # evaluation of an exponential moving average of the model (bench/trial/ema.py)
+    Option("ema_decay", float, 0.0, "decay m of an EMA copy of the model, updated after every optimizer step and "
+           "evaluated each epoch (0: none); it averages over about 1/(1-m) steps (EMAN's 0.999: 1000)", ge=0, lt=1),
+    Option("ema_norm", str, "eman", "the EMA model's normalization statistics: eman (EMAs of the student's, Cai et al. "
+           "2021), copy (the student's), recompute (BatchNorm's re-estimated on training batches before evaluation)",
+           choices=EMA_NORMS, when="ema_decay"),
 )
 
 

@@ -361,9 +361,18 @@ def does_nothing(key: str, configs: list[TrialConfig]) -> str:
     readers = readers_of(key)
     fields = sorted({f for f, _ in readers})
     used = ", ".join(f"{f}={'/'.join(sorted({str(getattr(c, f)) for c in configs}))}" for f in fields)
-    wanted = ", ".join(f"{f}={v}" for f, v in readers) or "no choice"
+    wanted = ", ".join(_reading(f, v) for f, v in readers) or "no choice"
     return (f"`{key}` does nothing for {used or 'these trials'}: it is read only with {wanted}. Remove it, or choose "
             "what reads it.")
+
+
+def _reading(field: str, value: Any) -> str:
+    """A choice that reads an option: ``norm=gn``, ``lawn=True``; a number switching it on
+    (an option's ``when``) as ``ema_decay > 0``."""
+    option = OPTIONS.get(field)
+    if value is True and option is not None and option.type in (int, float):
+        return f"{field} > 0"
+    return f"{field}={value}"
 
 
 def _tune(tune: Any, variants: Mapping[str, Any], axes: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Trial checkpoints: what a trial needs to go on after its process, worker or node is lost.
 
-A checkpoint is one ``torch.save`` of a dict: the model, optimizer and schedule states,
-every random state the trial draws from (torch's, CUDA's, the batch-order generator's,
-Python's and NumPy's), where training stands (:class:`Position`: epoch, steps done in it,
+A checkpoint is one ``torch.save`` of a dict: the model, optimizer and schedule states
+(and the EMA model's, :mod:`bench.trial.ema`, when the trial keeps one), every random
+state the trial draws from (torch's, CUDA's, the batch-order generator's, Python's and
+NumPy's), where training stands (:class:`Position`: epoch, steps done in it,
 its batch order and running sums when taken mid-epoch), the epochs' metrics so far and
 the step log's series. Restored into a freshly built trial, training continues exactly
 where it stopped: on the CPU the metrics that follow are bit-identical to an uninterrupted
@@ -33,10 +34,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from bench.trial.ema import ModelEma
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +105,10 @@ def snapshot(
     generator: torch.Generator,
     epochs: list[dict[str, Any]],
     series: dict[str, list[Any]] | None,
+    ema: ModelEma | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of a trial at ``position``; ``identity`` is what it must match to be
-    resumed (trial id, code and data fingerprints)."""
+    resumed (trial id, code and data fingerprints). ``ema``: the trial's EMA model, if any."""
     where = {f.name: getattr(position, f.name) for f in fields(Position) if f.name != "resumed"}
     if where["order"] is not None:
         where["order"] = where["order"].cpu()
@@ -116,6 +121,7 @@ def snapshot(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
         "rng": random_states(generator),
         "epochs": [dict(e) for e in epochs],
         "series": {k: list(v) for k, v in series.items()} if series is not None else None,
@@ -146,9 +152,13 @@ def restore(
     scheduler: Any,
     generator: torch.Generator,
     device: torch.device,
+    ema: ModelEma | None = None,
 ) -> Position:
-    """Loads ``state`` into a freshly built trial; returns where training stands."""
+    """Loads ``state`` into a freshly built trial (and its EMA model, if it keeps one);
+    returns where training stands."""
     model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_random_states(state["rng"], generator)

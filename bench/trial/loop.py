@@ -4,7 +4,8 @@ This module knows nothing of Ray or of the store: :func:`run_trial` takes a conf
 callback that receives each epoch's metrics, and returns a :class:`TrialResult`. The loop
 is the plain one (the torchvision-references shape): the whole dataset is a tensor on the
 device, batches are index slices of a seeded permutation, augmentation is batched on the
-device, no loader workers.
+device, no loader workers. With ``ema_decay`` > 0 an exponential moving average of the model
+(:mod:`bench.trial.ema`) is updated after every optimizer step and evaluated beside it.
 
 Outcomes: ``completed``; ``diverged`` when the training loss is NaN/inf or exceeds
 ``diverge_factor`` × the first step's loss (the step is recorded); ``failed`` for any
@@ -46,6 +47,7 @@ from bench.trial.build import (
     steps_per_epoch,
 )
 from bench.trial.checkpoint import Checkpoints, Position, deferred_signals, mismatch, restore, snapshot
+from bench.trial.ema import build_ema
 from bench.trial.spikes import StabilityParams
 from bench.trial.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
 from bench.zoo.archs import first_layer
@@ -180,6 +182,7 @@ def _train(
         # weight norm's paper initializes on one minibatch; a larger one (up to 512) gives steadier statistics
         init_idx = torch.randperm(len(data.train_x), generator=gen, device=device)[: max(config.batch_size, 512)]
         data_init(model, data.train_x[init_idx])
+    ema = build_ema(config, model)  # after any data-dependent init: the average starts from the initialized model
     params = [p for p in model.parameters() if p.requires_grad]
     summary = result.summary
     summary.update(effective_lr=config.effective_lr, steps_per_epoch=steps, device=str(device))
@@ -189,7 +192,7 @@ def _train(
     steplog = StepLog(report_steps, first_layer(model)) if config.log_steps else None
     pos = Position()
     if state is not None:
-        pos = restore(state, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen, device=device)
+        pos = restore(state, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen, device=device, ema=ema)
         result.epochs = list(state["epochs"])
         if steplog is not None and state["series"] is not None:
             steplog.series = state["series"]
@@ -205,7 +208,7 @@ def _train(
             series = steplog.series if steplog is not None else None
             checkpoints.save(snapshot(
                 at, identity=identity, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
-                epochs=result.epochs, series=series,
+                epochs=result.epochs, series=series, ema=ema,
             ))
 
     def diverged(epoch: int, found: tuple[int, float]) -> None:
@@ -272,6 +275,8 @@ def _train(
                     scaler.update()
                 else:
                     optimizer.step()
+                if ema is not None:
+                    ema.update(model)
                 scheduler.step()
                 pos.step += 1
                 sums["loss"] += loss
@@ -287,6 +292,9 @@ def _train(
             pos.train_seconds += seconds
             with precision:
                 val_loss, val_acc = evaluate(forward, data.val_x, data.val_y, channels_last=config.channels_last)
+                if ema is not None:
+                    averaged = ema.for_evaluation(data.train_x, pos.order, batch, channels_last)
+                    ema_val_loss, ema_val_acc = evaluate(averaged, data.val_x, data.val_y, channels_last=channels_last)
             pos.best_val = max(pos.best_val, val_acc)
             metrics = {
                 "epoch": epoch,
@@ -295,6 +303,7 @@ def _train(
                 "train_acc": sums["correct"].item() / (steps * config.batch_size),
                 "val_loss": val_loss,
                 "val_acc": val_acc,
+                **({"ema_val_loss": ema_val_loss, "ema_val_acc": ema_val_acc} if ema is not None else {}),
                 "lr": pos.lr,
                 "grad_norm": sums["grad"].item() / steps,
                 "epoch_seconds": pos.seconds + time.perf_counter() - t0,
@@ -414,6 +423,11 @@ def _final(epochs: list[dict[str, Any]], best_val: float, step: int, train_secon
         "final_train_loss": last.get("train_loss"),
         "final_train_acc": last.get("train_acc"),
         "best_val_acc": best_val if epochs else None,
+        **({
+            "final_ema_val_acc": last["ema_val_acc"],
+            "best_ema_val_acc": max(e["ema_val_acc"] for e in epochs),
+            "final_ema_val_loss": last["ema_val_loss"],
+        } if "ema_val_acc" in last else {}),
         "train_seconds": train_seconds,
         "samples_per_s": (sum(e["samples_per_s"] * e["train_seconds"] for e in epochs) / train_seconds) if epochs and train_seconds else None,
         "peak_mem_mb": _peak_memory_mb(device),

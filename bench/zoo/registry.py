@@ -48,7 +48,8 @@ class Option:
     ``type`` is int, float, bool, str or tuple (a list of numbers); ``nullable`` allows
     None (the entry's own default). Bounds ``ge``/``gt``/``le``/``lt`` and ``choices``
     are checked when a config is made. ``unit`` and ``help`` are shown by ``bench zoo``.
-    ``when`` (trial-level options only) names a bool field that switches the option on.
+    ``when`` (trial-level options only) names the field that switches the option on: a bool
+    when true, a number when not 0 (``ema_norm`` is read only with ``ema_decay`` > 0).
     """
 
     name: str
