@@ -170,17 +170,29 @@ def _vary(config: TrialConfig, option: Option) -> TrialConfig | None:
 
 
 def check_declared(registry: Registry, entry: Entry) -> None:
-    """Each declared option, at another value, changes both the built trial and its id."""
+    """Each declared option, at another value, changes both the built trial and its id; an
+    option read only ``when`` another option has a choice (``head_rank`` with
+    ``head=factorized``) does so with that choice, and changes neither without it."""
     base = base_config(registry, entry)
     reference = fingerprint(base)
     for option in entry.options:
-        changed = _vary(base, option)
+        start, expected = base, reference
+        if option.when:
+            field, value = option.condition()
+            inert = _vary(base, option) if not option.switched_on(base) else None
+            if inert is not None:
+                assert inert.trial_id == base.trial_id and same(reference, fingerprint(inert)), (
+                    f"{entry.kind}={entry.name}: {option.name} acts while {field}={getattr(base, field)}"
+                )
+            start = base.replace(**{field: value})
+            expected = fingerprint(start)
+        changed = _vary(start, option)
         assert changed is not None, f"{entry.kind}={entry.name}: no alternative value of {option.name} builds"
         value = getattr(changed, option.name)
-        assert not same(reference, fingerprint(changed)), (
+        assert not same(expected, fingerprint(changed)), (
             f"{entry.kind}={entry.name} declares {option.name} but builds the same trial at {option.name}={value}"
         )
-        assert base.trial_id != changed.trial_id, f"{entry.kind}={entry.name}: {option.name} changes the trial, not its id"
+        assert start.trial_id != changed.trial_id, f"{entry.kind}={entry.name}: {option.name} changes the trial, not its id"
 
 
 def check_inert(registry: Registry, entry: Entry) -> None:

@@ -233,11 +233,11 @@ class TrialConfig:
         return {name: _jsonable(values[name] if name in values else option.default) for name, option in OPTIONS.items()}
 
     def reads(self) -> set[str]:
-        """The options this trial reads: the trial-level ones (those with ``when`` only
-        while switched on) and the ones its chosen entries declare."""
-        out = {o.name for o in TRIAL_OPTIONS if o.when is None or getattr(self, o.when)}
+        """The options this trial reads: the trial-level ones and the ones its chosen entries
+        declare, those with ``when`` only while switched on."""
+        out = {o.name for o in TRIAL_OPTIONS if o.switched_on(self)}
         for field_name, registry in REGISTRIES.items():
-            out.update(registry.entry(getattr(self, field_name)).option_names)
+            out.update(o.name for o in registry.entry(getattr(self, field_name)).options if o.switched_on(self))
         return out
 
     @property

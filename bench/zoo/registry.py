@@ -48,8 +48,10 @@ class Option:
     ``type`` is int, float, bool, str or tuple (a list of numbers); ``nullable`` allows
     None (the entry's own default). Bounds ``ge``/``gt``/``le``/``lt`` and ``choices``
     are checked when a config is made. ``unit`` and ``help`` are shown by ``bench zoo``.
-    ``when`` (trial-level options only) names the field that switches the option on: a bool
-    when true, a number when not 0 (``ema_norm`` is read only with ``ema_decay`` > 0).
+    ``when`` names the field that switches the option on: a bool when true, a number when
+    not 0 (``ema_norm`` is read only with ``ema_decay`` > 0); or ``"field=value"``: read only
+    while that field has that value (``head_rank`` is read only with ``head=factorized``); on
+    an entry's option, the field is another option of the same entry, with that choice.
     """
 
     name: str
@@ -64,6 +66,20 @@ class Option:
     choices: tuple[Any, ...] = ()
     nullable: bool = False
     when: str | None = None
+
+    def condition(self) -> tuple[str, Any]:
+        """``when`` as (field, value): ``"head=factorized"`` gives ("head", "factorized"); a bare
+        field name gives (field, True), switched on by any true or non-zero value."""
+        field, sep, value = (self.when or "").partition("=")
+        return (field, value) if sep else (field, True)
+
+    def switched_on(self, config: Any) -> bool:
+        """Whether a trial with ``config``'s values reads this option (always, without ``when``)."""
+        if self.when is None:
+            return True
+        field, value = self.condition()
+        current = getattr(config, field)
+        return bool(current) if value is True else str(current) == value
 
     @property
     def type_name(self) -> str:
@@ -297,6 +313,10 @@ def _check_options(entry: Entry) -> None:
                               "use int, float, bool, str or tuple.")
         if option.default is not None or not option.nullable:
             option.coerce(option.default)  # a default outside its own range is a declaration bug
+        field, value = option.condition()
+        if value is not True and value not in [str(c) for o in entry.options if o.name == field for c in o.choices]:
+            raise ConfigError(f"Option {option.name!r} of the {entry.kind} {entry.name!r} is read only when "
+                              f"{option.when}, but {entry.name!r} declares no option {field!r} with that choice.")
 
 
 # The registries: kind, the config field that chooses an entry, what a builder returns.

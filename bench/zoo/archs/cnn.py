@@ -1,18 +1,22 @@
 """A small plain CNN: (conv → norm → ReLU) × depth, 2×2 max-pool after every second
-conv, global average pool, linear classifier. ``depth=4`` is the 4-conv CNN of the
-small-scale batch-size experiments; channels double after each pooling."""
+conv, then the classifier head (``head``, :mod:`bench.zoo.archs.heads`; by default global
+average pool and linear). ``depth=4`` is the 4-conv CNN of the small-scale batch-size
+experiments; channels double after each pooling."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from bench.errors import ConfigError
+from bench.zoo.archs.heads import HEAD_OPTIONS, head_layers
 from bench.zoo.registry import ARCHS
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
 
-@ARCHS.register("cnn", "Small plain CNN: depth conv layers (default 4), pooled every 2, width doubling.")
+@ARCHS.register(
+    "cnn", "Small plain CNN: depth conv layers (default 4), pooled every 2, width doubling.", options=HEAD_OPTIONS,
+)
 def build_cnn(
     *,
     in_channels: int,
@@ -22,6 +26,9 @@ def build_cnn(
     conv: ConvFactory = ConvFactory(),
     width: int = 16,
     depth: int = 4,
+    head: str = "gap",
+    head_rank: int = 20,
+    head_drop_factor: float = 0.5,
 ) -> nn.Module:
     if depth < 1:
         raise ConfigError(f"The cnn needs depth ≥ 1 conv layers; got depth={depth}.")
@@ -34,5 +41,5 @@ def build_cnn(
         if i % 2 == 1 and size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), conv.linear(channels, num_classes)]
+    layers += head_layers(channels, num_classes, conv, head=head, head_rank=head_rank, head_drop_factor=head_drop_factor)
     return nn.Sequential(*layers)

@@ -12,14 +12,20 @@ skipped once the map is 1 pixel wide (small images: 28 → 14 → 7 → 3 → 1;
 ``norm=none`` is the original VGG (convs with bias, no norm layers); any other norm
 gives the BatchNorm-style VGG (convs without bias, then the norm). Conv weights start as
 in torchvision's VGG: He-normal (fan-out, ReLU gain), biases at 0, so the deep variants
-without norm layers still pass a signal; the classifier starts at N(0, 0.01²).
+without norm layers still pass a signal; the classifier starts at N(0, 0.01²). The
+classifier head is the ``head`` option (:mod:`bench.zoo.archs.heads`), by default that
+global average pool and linear; with the factorized head, its linear part starts at
+N(0, 0.01²).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
+from bench.zoo.archs.heads import HEAD_OPTIONS, classifier_linear, head_layers
 from bench.zoo.registry import ARCHS
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
@@ -32,7 +38,7 @@ STAGE_MULTIPLIERS = (1, 2, 4, 8, 8)
 class VGG(nn.Module):
     def __init__(
         self, in_channels: int, num_classes: int, image_size: int, norm: NormFactory, conv: ConvFactory, width: int,
-        layout: tuple[int, ...],
+        layout: tuple[int, ...], **heads: Any,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -52,18 +58,19 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
         self.features = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = conv.linear(channels, num_classes)
+        *pool, self.classifier = head_layers(channels, num_classes, conv, **heads)
+        self.pool = nn.Sequential(*pool)
         self.classifier.is_classifier = True
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and isinstance(m.weight, nn.Parameter):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if isinstance(self.classifier.weight, nn.Parameter):
-            nn.init.normal_(self.classifier.weight, std=0.01)
-            if self.classifier.bias is not None:
-                nn.init.zeros_(self.classifier.bias)
+        linear = classifier_linear(self.classifier)
+        if isinstance(linear.weight, nn.Parameter):
+            nn.init.normal_(linear.weight, std=0.01)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
     def first_layer(self) -> nn.Module:
         return self.features[0]
@@ -75,8 +82,9 @@ class VGG(nn.Module):
 @ARCHS.register(
     "vgg",
     "VGG-11/13/16/19 conv layouts (depth, default 11) for small images, channels width·(1, 2, 4, 8, 8) "
-    "(default width 16), GAP + linear head; norm=none is the original VGG.",
+    "(default width 16), GAP + linear head (or another: head); norm=none is the original VGG.",
     paper="Simonyan & Zisserman 2015, arXiv:1409.1556",
+    options=HEAD_OPTIONS,
 )
 def build_vgg(
     *,
@@ -87,10 +95,16 @@ def build_vgg(
     conv: ConvFactory = ConvFactory(),
     width: int = 16,
     depth: int = 11,
+    head: str = "gap",
+    head_rank: int = 20,
+    head_drop_factor: float = 0.5,
 ) -> nn.Module:
     if depth not in LAYOUTS:
         raise ConfigError(
             f"arch=vgg names its layout by weight layers, as the paper does; got depth={depth}. "
             f"Valid depths: {', '.join(map(str, LAYOUTS))} (VGG-11, -13, -16, -19)."
         )
-    return VGG(in_channels, num_classes, image_size, norm, conv, width, LAYOUTS[depth])
+    return VGG(
+        in_channels, num_classes, image_size, norm, conv, width, LAYOUTS[depth],
+        head=head, head_rank=head_rank, head_drop_factor=head_drop_factor,
+    )
