@@ -41,3 +41,21 @@ def test_conv_bias_only_without_norm():
     without = ARCHS.get("cnn")(in_channels=1, num_classes=10, image_size=8, norm=NormFactory("none"))
     assert all(m.bias is None for m in with_norm.modules() if isinstance(m, torch.nn.Conv2d))
     assert all(m.bias is not None for m in without.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize(("channels", "size"), [(1, 8), (1, 28), (3, 32)], ids=["digits", "fashion-mnist", "cifar"])
+def test_every_architecture_maps_small_images_to_logits(arch, channels, size):
+    """At its default width and depth, with bn (none where the architecture has no norm
+    layers); shapes only, on the meta device."""
+    for norm in ("bn", "none"):
+        try:
+            with torch.device("meta"):
+                model = ARCHS.get(arch)(in_channels=channels, num_classes=10, image_size=size, norm=NormFactory(norm))
+                logits = model(torch.empty(2, channels, size, size))
+            break
+        except ConfigError as exc:
+            refused = exc
+    else:
+        pytest.fail(f"arch={arch} builds with neither bn nor none: {refused}")
+    assert logits.shape == (2, 10)

@@ -19,9 +19,11 @@ the layer that sees the input (whose gradient norm stability analyses watch).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
+from bench.errors import ConfigError
 from bench.zoo.registry import ARCHS
 
 ArchBuilder = Callable[..., nn.Module]
@@ -37,3 +39,18 @@ def first_layer(model: nn.Module) -> nn.Module:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             return module
     raise ValueError(f"{type(model).__name__} has no conv or linear layer")
+
+
+def refuse_instance_norm_on_single_pixels(norm: Any, arch: str, image_size: int, strided_stages: int) -> None:
+    """A :class:`~bench.errors.ConfigError` when ``norm`` is InstanceNorm and the network's
+    last stage sees 1×1 maps: ``image_size`` after ``strided_stages`` stride-2 convs
+    (kernel 3, padding 1: ⌈s/2⌉ each)."""
+    smallest = image_size
+    for _ in range(strided_stages):
+        smallest = (smallest + 1) // 2
+    if getattr(norm, "name", None) == "in" and smallest < 2:
+        raise ConfigError(
+            f"InstanceNorm normalizes each channel over its spatial positions, but on {image_size}-pixel images the "
+            f"last stage of this {arch} sees 1×1 maps (one position: the output would be constant, and training "
+            "fails). Use it on 28- or 32-pixel images, or choose bn, gn, ln or none."
+        )
