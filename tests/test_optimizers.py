@@ -219,7 +219,29 @@ def ref_lans():
     return per_tensor(upd, lambda w: zeros(w, "m", "v")), dict(lr=lr, weight_decay=lam)
 
 
-REFERENCES = {name[4:]: fn for name, fn in dict(globals()).items() if name.startswith("ref_")}
+def _sgd_nesterov(lr, m=0.9):
+    def upd(w, g, s, t):
+        g = g + WD * w
+        s["v"] = g if t == 1 else m * s["v"] + g
+        return w - lr * (g + m * s["v"])
+
+    return per_tensor(upd, lambda w: zeros(w, "v"))
+
+
+def ref_sgd_g():
+    """Plain tensors come with no model, so no weight is known to be scale invariant: all
+    take the Euclidean part, SGD with (here Nesterov) momentum and L2 decay. The manifold
+    part is pinned to the authors' code in tests/test_grassmann.py."""
+    return _sgd_nesterov(LR), dict(lr=LR, weight_decay=WD, nesterov=True)
+
+
+def ref_adam_g():
+    """As SGD-G: the authors' Adam-G takes SGD with momentum on the Euclidean parameters."""
+    return _sgd_nesterov(LR), dict(lr=LR, weight_decay=WD, nesterov=True)
+
+
+# A function ref_a_b is the reference of the entry "a-b".
+REFERENCES = {name[4:].replace("_", "-"): fn for name, fn in dict(globals()).items() if name.startswith("ref_")}
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())

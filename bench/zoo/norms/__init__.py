@@ -9,6 +9,12 @@ Entries live by family: :mod:`.basic` (none, BatchNorm, LayerNorm, InstanceNorm,
 GroupNorm), :mod:`.batch` (Ghost, frozen and renormalized BatchNorm, Batch-Channel
 Norm), :mod:`.mimic` (MimicNorm), :mod:`.frn` (Filter Response Normalization). The
 options several families share are declared here once.
+
+Tags say what a norm guarantees to the rest of the harness: ``batch`` (its statistics are
+the batch's), ``model`` (a model-level technique, applied when the model is built), and
+``unit-invariant``: in training it standardizes each channel with that channel's own mean
+and variance, so the layer before it computes the same function when one unit's weights
+are scaled (bn, bn-ghost, bn-example-weighted, in; the Grassmann optimizers rely on it).
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class NormFactory:
     def __call__(self, num_channels: int, dims: int = 2) -> Any:
         module = NORMS.get(self.name)(num_channels, dims, **self.options)
         module.is_bench_norm = True
+        module.bench_norm = self.name  # the entry, for what its tags say (e.g. unit-invariant)
         return module
 
 

@@ -54,7 +54,7 @@ def none(num_channels: int, dims: int) -> nn.Module:
     "BatchNorm: batch statistics per channel; running mean and unbiased variance at eval.",
     paper="Ioffe & Szegedy 2015, arXiv:1502.03167",
     options=BATCH_NORM_OPTIONS,
-    tags=("batch",),
+    tags=("batch", "unit-invariant"),
 )
 def bn(num_channels: int, dims: int, *, norm_eps: float, norm_momentum: float, norm_affine: bool) -> nn.Module:
     cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
@@ -78,6 +78,7 @@ def ln(num_channels: int, dims: int, *, norm_eps: float, norm_affine: bool) -> n
     "InstanceNorm over (H, W) per sample and channel, with affine (norm_affine=false: none).",
     paper="Ulyanov et al. 2016, arXiv:1607.08022",
     options=(NORM_EPS, NORM_AFFINE),
+    tags=("unit-invariant",),
 )
 def in_(num_channels: int, dims: int, *, norm_eps: float, norm_affine: bool) -> nn.Module:
     if dims != 2:

@@ -454,7 +454,7 @@ class BatchChannelNorm(nn.Module):
     "batch); running statistics from their mean; eval as BatchNorm.",
     paper="Hoffer et al. 2017, arXiv:1705.08741",
     options=(NORM_VIRTUAL_BATCH, *BATCH_NORM_OPTIONS),
-    tags=("batch",),
+    tags=("batch", "unit-invariant"),
 )
 def bn_ghost(
     num_channels: int, dims: int, *, norm_virtual_batch: int | None, norm_eps: float, norm_momentum: float,

@@ -108,7 +108,7 @@ class ExampleWeightedBatchNorm(nn.Module):
     "training is BatchNorm.",
     paper="Summers & Dinneen 2020, arXiv:1906.03548 (ICLR 2020, inference example weighting)",
     options=(EXAMPLE_WEIGHT, *BATCH_NORM_OPTIONS),
-    tags=("batch",),
+    tags=("batch", "unit-invariant"),
 )
 def bn_example_weighted(
     num_channels: int, dims: int, *, example_weight: float | None, norm_eps: float, norm_momentum: float,

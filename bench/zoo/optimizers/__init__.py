@@ -3,7 +3,9 @@
 Each registry entry is a small function ``(groups, *, lr, **options) -> torch.optim.Optimizer``
 that maps the harness's hyperparameters onto a library implementation: torch.optim where
 it has the method (:mod:`.classic`), timm.optim for LARS and LAMB (:mod:`.large_batch`),
-and hand-written classes only for what neither ships (:mod:`.adabound`, :mod:`.adax`).
+and hand-written classes only for what neither ships (:mod:`.adabound`, :mod:`.adax`,
+:mod:`.grassmann`; entries tagged ``grassmann`` get the model's scale-invariant weights in
+groups of their own).
 Each entry's description states its native weight-decay form; :func:`make` can override
 it (``weight_decay_mode``) and split off the 1-D parameters (:mod:`.weight_decay`). LAWN
 and adaptive gradient clipping stack on any entry (:mod:`.lawn`, :mod:`.agc`).
@@ -47,6 +49,10 @@ def make(
 
     groups = wd.take_decay(wd.param_groups(params, weight_decay, exclude_1d=exclude_1d), weight_decay_mode)
     entry = OPTIMIZERS.entry(name)
+    if "grassmann" in entry.tags:  # a model's scale-invariant weights go on the manifold (.grassmann)
+        from bench.zoo.optimizers.grassmann import manifold_groups
+
+        groups = manifold_groups(params, groups, name)
     values = {o.name: o.default for o in entry.options}
     unknown = sorted(set(options or {}) - set(values))
     if unknown:
