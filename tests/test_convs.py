@@ -35,7 +35,7 @@ def per_unit(w: torch.Tensor) -> torch.Tensor:
 
 
 def test_registry_names_descriptions_and_papers():
-    assert set(CONVS.names()) == {"standard", "ws", "wn", "cos", "centered", "sws"}
+    assert set(CONVS.names()) == {"standard", "ws", "wn", "cos", "centered", "sws", "nc"}
     for entry in CONVS.entries():
         assert entry.description
         assert entry.name == "standard" or "arXiv:" in entry.paper
@@ -65,7 +65,7 @@ def test_every_conv_builds_into_every_architecture_and_trains(conv, arch, norm):
 
 
 def test_unknown_conv_lists_valid_names():
-    with pytest.raises(ConfigError, match="Valid conv names: centered, cos, standard, sws, wn, ws"):
+    with pytest.raises(ConfigError, match="Valid conv names: centered, cos, nc, standard, sws, wn, ws"):
         ConvFactory("weightnorm")
 
 
