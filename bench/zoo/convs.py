@@ -49,11 +49,15 @@ class ConvKind:
     """Constructors with torch's signatures: ``conv(cin, cout, kernel_size, stride=, padding=,
     bias=)`` as ``nn.Conv2d`` and ``linear(fin, fout, bias=)`` as ``nn.Linear``; a layer class
     with those signatures is its own constructor. ``data_init(model, images)``, when set,
-    initializes the built model from a batch before training."""
+    initializes the built model from a batch before training. ``prepare(model)``, when set,
+    runs on every model built with the kind (resumed ones too), after the architecture: it
+    may mark layers (meProp's classifier keeps its full gradient) and raises a ConfigError
+    for a model the kind cannot act on."""
 
     conv: Callable[..., nn.Module]
     linear: Callable[..., nn.Module]
     data_init: Callable[[nn.Module, Tensor], None] | None = None
+    prepare: Callable[[nn.Module], None] | None = None
 
 
 @CONVS.register("standard", "Plain conv and linear layers (no reparametrization).")
