@@ -927,7 +927,8 @@ def _registries() -> dict[str, Registry]:
 @app.command()
 @guarded
 def zoo(
-    kind: Annotated[str | None, typer.Argument(help=", ".join(ZOO_KINDS[:-1]) + f" or {ZOO_KINDS[-1]}.")] = None,
+    kind: Annotated[str | None, typer.Argument(help=", ".join(ZOO_KINDS) + f", or {TRIAL_KIND} (the options every trial "
+                                               "reads, the techniques that stack on any entry among them).")] = None,
     plot: Annotated[
         list[str] | None, typer.Option("--plot", help="schedules only: draw these schedules (repeatable) to --out.", show_default=False)
     ] = None,
@@ -951,10 +952,15 @@ def zoo(
     if kind is None:
         for name, registry in registries.items():
             console.print(f"[bold]{name}[/] ({len(registry)}): {', '.join(registry.names())}")
+        switches = [o.name for o in _trial_options() if o.when is None]
+        console.print(f"[bold]{TRIAL_KIND}[/] ({len(switches)}): {', '.join(switches)}")
         console.print("`bench zoo KIND` describes each entry and the options it reads.")
         return
+    if kind == TRIAL_KIND:
+        console.print(_trial_table())
+        return
     if kind not in registries:
-        raise UnknownNameError("zoo kind", kind, registries)
+        raise UnknownNameError("zoo kind", kind, registries, hint=f"`bench zoo {TRIAL_KIND}` lists the trial-level options.")
     console.print(_zoo_table(registries[kind]))
 
 
@@ -964,6 +970,32 @@ def _zoo_table(registry: Registry) -> Table:
     for entry in registry.entries():
         options = "".join(f"\n  [dim]{escape(option.describe())}[/]" for option in entry.options)
         table.add_row(escape(entry.name), escape(entry.description) + options, escape(entry.paper))
+    return table
+
+
+TRIAL_KIND = "trial"  # `bench zoo trial`: the trial-level options (bench.spec.config.TRIAL_OPTIONS)
+
+
+def _trial_options() -> tuple[Any, ...]:
+    from bench.spec.config import TRIAL_OPTIONS
+
+    return TRIAL_OPTIONS
+
+
+def _trial_table() -> Table:
+    """One row per trial-level option that no other switches on, those it switches on
+    beneath it; the help of a technique's option names its paper."""
+    options = _trial_options()
+    table = Table("option", "default (unit, range): help · the options it switches on", box=None)
+    for option in options:
+        if option.when is not None:
+            continue
+        switched = [o for o in options if o.when is not None and o.condition()[0] == option.name]
+        text = escape(option.describe().partition("=")[2]) + "".join(
+            f"\n  [dim]{escape(o.describe())}[/]" + (f" [dim](with {escape(o.when)})[/]" if "=" in o.when else "")
+            for o in switched
+        )
+        table.add_row(escape(option.name), text)
     return table
 
 

@@ -400,7 +400,7 @@ def test_exclude_1d_also_exempts_what_a_module_names_in_no_weight_decay():
 
 
 def test_unknown_weight_decay_mode_lists_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="decoupled, l2, native"):
+    with pytest.raises(UnknownNameError, match="decoupled, eps-shifted, l2, native, orthonormal"):
         run("sgd", lr=0.1, weight_decay_mode="l1")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError, UnknownNameError
-from bench.zoo.optimizers import WEIGHT_DECAY_MODES
+from bench.zoo.optimizers import WD_SHIFT_EPS, WEIGHT_DECAY_MODES
 from bench.zoo.registry import REGISTRIES, Option, on_register
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
@@ -60,13 +60,30 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
     Option("lr_scaling", str, "linear", "how lr follows batch_size", choices=LR_SCALING_RULES),
     Option("lr_base_batch", int, 32, "batch size at which lr applies unscaled", unit="examples", ge=1),
     Option("weight_decay", float, 5e-4, "weight decay coefficient", ge=0),
-    Option("weight_decay_mode", str, "native", "how weight decay applies (bench.zoo.optimizers.weight_decay)",
-           choices=WEIGHT_DECAY_MODES),
+    Option("weight_decay_mode", str, "native", "how weight decay applies: native (each optimizer's own form), l2, "
+           "decoupled, eps-shifted (Li et al. 2019, arXiv:1911.05920), orthonormal (Xie et al. 2017, "
+           "arXiv:1703.01827); bench.zoo.optimizers.weight_decay", choices=WEIGHT_DECAY_MODES),
     Option("wd_exclude_1d", bool, False, "biases and norm γ/β: no weight decay, no LARS/LAMB adaptation"),
+    WD_SHIFT_EPS,
+    Option("ortho_init", bool, True, "orthonormal decay: start from orthonormal filters (Xie et al. 2017, §4); false: "
+           "the architecture's own initialization", when="weight_decay_mode=orthonormal"),
     Option("lawn", bool, False, "LAWN: after a free phase, hold the final layers' weight norms fixed"),
     Option("lawn_free_epochs", float, 1.0, "LAWN: unconstrained training before the constraint", unit="epochs",
            ge=0, when="lawn"),
     Option("lawn_layers", int, 1, "LAWN: how many final weight layers are constrained", ge=1, when="lawn"),
+    Option("svb", bool, False, "Singular Value Bounding (Jia et al. 2017, arXiv:1611.06013): every svb_period, each "
+           "conv and linear weight's singular values clipped to [1/(1+svb_eps), 1+svb_eps]"),
+    Option("svb_eps", float, 0.5, "SVB: ε of the band [1/(1+ε), 1+ε] (the authors' 0.5)", ge=0, when="svb"),
+    Option("svb_period", float, 1.0, "SVB: training between two boundings (the authors': 391 steps, one CIFAR-10 "
+           "epoch at batch 128)", unit="epochs", gt=0, when="svb"),
+    Option("svb_init", bool, True, "SVB: start from orthogonal weights, as Algorithm 1 (false: the architecture's own "
+           "initialization)", when="svb"),
+    Option("svb_bbn_eps", float, None, "SVB: Bounded BatchNorm's ε̃, each BatchNorm layer's γ_i/σ_i held within a "
+           "factor 1+ε̃ of their mean at each bounding (null: BatchNorm untouched; the authors' 1)", ge=0,
+           nullable=True, when="svb"),
+    Option("error_modulation", float, 0.0, "backward error modulation (Xie et al. 2017, arXiv:1703.01827, §3.3): a "
+           "conv layer's output error scaled by ρ = √(q_above/q), the ratio of second moments, when ρ is outside "
+           "[1/τ, τ], τ this value (0: off; 1: every layer)", ge=0),
     Option("schedule", str, "cosine", "the learning-rate schedule (bench zoo schedules)"),
     Option("warmup_epochs", float, 0.0, "linear warm-up before the schedule", unit="epochs", ge=0),
     # budget
@@ -94,7 +111,7 @@ def _collect_options() -> tuple[dict[str, Option], dict[str, list[tuple[str, Any
     """Every option by name, and who reads it: (field, entry name) pairs, or (when, True)."""
     trial_level = {o.name for o in TRIAL_OPTIONS}
     options: dict[str, Option] = {o.name: o for o in TRIAL_OPTIONS}
-    readers: dict[str, list[tuple[str, Any]]] = {o.name: [(o.when, True)] for o in TRIAL_OPTIONS if o.when}
+    readers: dict[str, list[tuple[str, Any]]] = {o.name: [o.condition()] for o in TRIAL_OPTIONS if o.when}
     for field_name, registry in REGISTRIES.items():
         for entry in registry.entries():
             for option in entry.options:
@@ -219,6 +236,7 @@ class TrialConfig:
                 f"LAWN trains freely for lawn_free_epochs={self.lawn_free_epochs} and then constrains; with "
                 f"epochs={self.epochs} the constrained phase never starts. Set lawn_free_epochs below epochs."
             )
+        self._check_weight_constraints()
         if self.norm == "bn-ghost":
             virtual = self.norm_virtual_batch or self.batch_size
             if self.batch_size % virtual:
@@ -226,6 +244,35 @@ class TrialConfig:
                     f"Ghost BatchNorm splits each batch into virtual batches of norm_virtual_batch={virtual} "
                     f"examples, which must divide batch_size={self.batch_size}."
                 )
+
+    def _check_weight_constraints(self) -> None:
+        """ε-shifted and orthonormal decay, Singular Value Bounding, error modulation."""
+        mode = self.weight_decay_mode
+        if mode in ("eps-shifted", "orthonormal") and self.weight_decay == 0:
+            raise ConfigError(
+                f"weight_decay_mode={mode} is a form of weight decay, its coefficient λ being weight_decay; with "
+                "weight_decay=0 it does nothing. Set weight_decay > 0 (the papers use their usual decay, 1e-4 to 5e-4)."
+            )
+        if self.svb:
+            if self.svb_period > self.epochs:
+                raise ConfigError(
+                    f"Singular Value Bounding runs every svb_period={self.svb_period} epochs; with epochs={self.epochs} "
+                    "it would never run. Set svb_period to at most epochs."
+                )
+            if self.train_only_norm:
+                raise ConfigError("svb bounds the trained conv and linear weights, which train_only_norm freezes at "
+                                  "their initialization. Use one or the other.")
+            if mode == "orthonormal":
+                raise ConfigError(
+                    "svb and weight_decay_mode=orthonormal are two ways of holding the weights near orthogonal (a "
+                    "periodic bound on the singular values, a penalty on W Wᵀ − I); a trial takes one of them."
+                )
+        if 0 < self.error_modulation < 1:
+            raise ConfigError(
+                f"error_modulation is the tolerance τ ≥ 1 of backward error modulation (a conv layer's error is "
+                f"rescaled when it is more than τ times smaller or larger than the layer above's), or 0 for none; "
+                f"got {self.error_modulation}."
+            )
 
     # -- identity ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

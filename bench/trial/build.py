@@ -3,7 +3,8 @@
 Each is built by its registry (:meth:`bench.zoo.registry.Registry.build`), which passes
 an entry exactly the options it declares, so nothing here maps config fields to keyword
 arguments. What stacks on any entry is applied here: MimicNorm's model-level change,
-"train only the norm layers", the weight-decay form, LAWN.
+"train only the norm layers", the weight-decay form, LAWN, Singular Value Bounding, the
+orthogonal starts of SVB and orthonormal decay, backward error modulation.
 """
 
 from __future__ import annotations
@@ -106,21 +107,37 @@ def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
     the builder's defaults. Model-level techniques are applied here: MimicNorm (centred
     convs and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
     sizes = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
-    norm, conv = norm_factory(config), conv_factory(config)
+    norm = norm_factory(config)
     model = ARCHS.build(
         config.arch, config, in_channels=source.in_channels, num_classes=source.num_classes,
-        image_size=source.image_size, norm=norm, conv=conv, **sizes,
+        image_size=source.image_size, norm=norm, conv=conv_factory(config), **sizes,
     )
-    prepare = conv.kind.prepare
-    if prepare is not None:
-        prepare(model)
     if "model" in NORMS.entry(config.norm).tags:
         from bench.zoo.norms import mimic
 
         model = mimic.wrap(model, source.num_classes, norm)
+    constrain_model(config, model)
     if config.train_only_norm:
         freeze_all_but_norms(model)
     return model
+
+
+def constrain_model(config: TrialConfig, model: nn.Module) -> None:
+    """The weight constraints' model-level parts: the orthogonal start of Singular Value
+    Bounding (Jia et al. 2017, Algorithm 1) or of orthonormal decay (Xie et al. 2017, §4),
+    and backward error modulation (Xie et al. 2017, §3.3)."""
+    if config.svb and config.svb_init:
+        from bench.zoo.optimizers.svb import orthogonal_init
+
+        orthogonal_init(model)
+    if config.weight_decay_mode == "orthonormal" and config.ortho_init:
+        from bench.zoo.optimizers.orthonormal import orthonormal_init
+
+        orthonormal_init(model)
+    if config.error_modulation:
+        from bench.zoo.optimizers.modulation import Modulation
+
+        Modulation(model, config.error_modulation)
 
 
 def build_augment(
@@ -152,7 +169,8 @@ def freeze_all_but_norms(model: nn.Module) -> None:
 
 def build_optimizer(config: TrialConfig, model: nn.Module, steps: int = 1) -> torch.optim.Optimizer:
     """The config's optimizer over the model's trainable parameters, with its weight-decay
-    form and, when asked, LAWN stacked on it (free phase measured in optimizer steps)."""
+    form and, when asked, LAWN (free phase measured in optimizer steps) and Singular Value
+    Bounding (period measured in optimizer steps) stacked on it."""
     from bench.zoo.optimizers.lawn import Lawn, final_layer_weights
     from bench.zoo.registry import OPTIMIZERS
 
@@ -163,10 +181,16 @@ def build_optimizer(config: TrialConfig, model: nn.Module, steps: int = 1) -> to
         weight_decay=config.weight_decay,
         weight_decay_mode=config.weight_decay_mode,
         exclude_1d=config.wd_exclude_1d,
+        shift_eps=config.wd_shift_eps,
         options=OPTIMIZERS.entry(config.optimizer).kwargs(config),
     )
     if config.lawn:
         Lawn(optimizer, final_layer_weights(model, config.lawn_layers), free_steps=round(config.lawn_free_epochs * steps))
+    if config.svb:
+        from bench.zoo.optimizers.svb import Svb
+
+        Svb(optimizer, model, eps=config.svb_eps, period=max(1, round(config.svb_period * steps)),
+            bbn_eps=config.svb_bbn_eps)
     return optimizer
 
 

@@ -7,8 +7,10 @@ and hand-written classes only for what neither ships (:mod:`.adabound`, :mod:`.a
 :mod:`.grassmann`; entries tagged ``grassmann`` get the model's scale-invariant weights in
 groups of their own).
 Each entry's description states its native weight-decay form; :func:`make` can override
-it (``weight_decay_mode``) and split off the 1-D parameters (:mod:`.weight_decay`). LAWN
-and adaptive gradient clipping stack on any entry (:mod:`.lawn`, :mod:`.agc`).
+it (``weight_decay_mode``) and split off the 1-D parameters (:mod:`.weight_decay`; the
+ε-shifted and orthonormal forms: :mod:`.eps_shifted`, :mod:`.orthonormal`). LAWN, Singular
+Value Bounding and adaptive gradient clipping stack on any entry (:mod:`.lawn`, :mod:`.svb`,
+:mod:`.agc`), backward error modulation on any convolutional model (:mod:`.modulation`).
 
 The hyperparameters several optimizers share are declared here once; an entry lists the
 ones it reads, and only those reach it and its trial id.
@@ -30,7 +32,11 @@ EPS = Option(
     nullable=True,
 )
 ADAM_OPTIONS = (BETA1, BETA2, EPS)
-WEIGHT_DECAY_MODES = ("native", "l2", "decoupled")  # see .weight_decay
+WEIGHT_DECAY_MODES = ("native", "l2", "decoupled", "eps-shifted", "orthonormal")  # see .weight_decay
+WD_SHIFT_EPS = Option(
+    "wd_shift_eps", float, 1e-3, "ε-shifted L2 (Li et al. 2019, arXiv:1911.05920): the standard deviation of each conv "
+    "filter that decay pulls toward (the authors' 1e-3)", ge=0, when="weight_decay_mode=eps-shifted",
+)  # a trial-level option (bench.spec.config.TRIAL_OPTIONS); declared here for make's default
 
 
 def make(
@@ -41,10 +47,12 @@ def make(
     weight_decay: float = 0.0,
     weight_decay_mode: str = "native",
     exclude_1d: bool = False,
+    shift_eps: float = WD_SHIFT_EPS.default,
     options: Mapping[str, Any] | None = None,
 ) -> Any:
     """The optimizer ``name`` over ``params`` (tensors, a module or param-group dicts),
-    with its declared ``options`` (missing ones at their defaults)."""
+    with its declared ``options`` (missing ones at their defaults); ``shift_eps`` is the ε
+    of ``weight_decay_mode="eps-shifted"``."""
     from bench.zoo.optimizers import weight_decay as wd
 
     groups = wd.take_decay(wd.param_groups(params, weight_decay, exclude_1d=exclude_1d), weight_decay_mode)
@@ -60,7 +68,7 @@ def make(
 
         raise ConfigError(f"The optimizer {name!r} takes no option {unknown[0]!r}; it takes: {', '.join(values) or 'none'}.")
     optimizer = entry.factory(groups, lr=lr, **{**values, **(options or {})})
-    wd.attach(optimizer, weight_decay_mode)
+    wd.attach(optimizer, weight_decay_mode, params=params, shift_eps=shift_eps)
     return optimizer
 
 

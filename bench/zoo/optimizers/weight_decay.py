@@ -12,8 +12,12 @@ Two choices every optimizer study must state:
   the trust ratio for LARS and LAMB; each registry entry says which);
   ``l2`` — λw added to the gradient before the optimizer sees it;
   ``decoupled`` — w ← w − lr_t·λ·w before the update, with lr_t the scheduled learning rate
-  (Loshchilov & Hutter 2019; Adam with it is AdamW, SGD with it is SGDW).
-  The two overrides are optimizer step pre-hooks, so they stack on any optimizer.
+  (Loshchilov & Hutter 2019; Adam with it is AdamW, SGD with it is SGDW);
+  ``eps-shifted`` — ``l2`` with each conv filter's spread pulled toward ε instead of 0
+  (Li et al. 2019, :mod:`.eps_shifted`);
+  ``orthonormal`` — ``l2`` with each conv and linear weight pulled toward orthonormal
+  filters instead of 0 (Xie et al. 2017, :mod:`.orthonormal`).
+  The overrides are optimizer step pre-hooks, so they stack on any optimizer.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.errors import UnknownNameError
-from bench.zoo.optimizers import WEIGHT_DECAY_MODES
+from bench.errors import ConfigError, UnknownNameError
+from bench.zoo.optimizers import WD_SHIFT_EPS, WEIGHT_DECAY_MODES, eps_shifted, orthonormal
 DECAY_KEY = "bench_decay"  # the decay a pre-hook applies, kept in the group when the optimizer gets 0
 
 
@@ -69,11 +73,30 @@ def take_decay(groups: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return [{**g, DECAY_KEY: g.get("weight_decay", 0.0), "weight_decay": 0.0} for g in groups]
 
 
-def attach(optimizer: torch.optim.Optimizer, mode: str) -> None:
-    """Registers the pre-step hook that applies an overriding decay form."""
+def attach(
+    optimizer: torch.optim.Optimizer, mode: str, *, params: Any = None, shift_eps: float = WD_SHIFT_EPS.default
+) -> None:
+    """Registers the pre-step hook that applies an overriding decay form. ``params``, when
+    it is the model, tells the orthonormal form which tensors are layer weights (without
+    it: every decayed tensor of 2 dimensions or more); ``shift_eps`` is the ε-shifted ε."""
     check_mode(mode)
     if mode == "native":
         return
+    decayed = [p for group in optimizer.param_groups if group.get(DECAY_KEY, 0.0) for p in group["params"]]
+    if mode == "eps-shifted" and not any(eps_shifted.is_filter_bank(p) for p in decayed):
+        raise ConfigError(
+            "weight_decay_mode=eps-shifted shifts the decay of conv filters (4-D conv weights), but none of the "
+            "decayed parameters is one (an MLP, or weight_decay=0). Use weight_decay_mode=l2 for this model."
+        )
+    matrices: set[int] = set()
+    if mode == "orthonormal":
+        weights = orthonormal.layer_weights(params) if isinstance(params, nn.Module) else [p for p in decayed if p.ndim > 1]
+        matrices = {id(w) for w in weights}
+        if not matrices & {id(p) for p in decayed}:
+            raise ConfigError(
+                "weight_decay_mode=orthonormal replaces the decay of conv and linear weights, but none of them is "
+                "trained with decay (train_only_norm, or weight_decay=0)."
+            )
 
     @torch.no_grad()
     def apply(opt: torch.optim.Optimizer, *_: Any) -> None:
@@ -82,11 +105,16 @@ def attach(optimizer: torch.optim.Optimizer, mode: str) -> None:
             if not decay:
                 continue
             grads = [p for p in group["params"] if p.grad is not None]
-            if mode == "l2":
-                for p in grads:
-                    p.grad.add_(p, alpha=decay)
-            else:
+            if mode == "decoupled":
                 for p in grads:
                     p.mul_(1 - group["lr"] * decay)
+                continue
+            for p in grads:
+                if mode == "eps-shifted" and eps_shifted.is_filter_bank(p):
+                    p.grad.add_(eps_shifted.decay_gradient(p, shift_eps), alpha=decay)
+                elif mode == "orthonormal" and id(p) in matrices:
+                    p.grad.add_(orthonormal.gradient(p), alpha=decay)
+                else:
+                    p.grad.add_(p, alpha=decay)
 
     optimizer.register_step_pre_hook(apply)
