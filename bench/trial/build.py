@@ -107,11 +107,14 @@ def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
     the builder's defaults. Model-level techniques are applied here: MimicNorm (centred
     convs and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
     sizes = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
-    norm = norm_factory(config)
+    norm, conv = norm_factory(config), conv_factory(config)
     model = ARCHS.build(
         config.arch, config, in_channels=source.in_channels, num_classes=source.num_classes,
-        image_size=source.image_size, norm=norm, conv=conv_factory(config), **sizes,
+        image_size=source.image_size, norm=norm, conv=conv, **sizes,
     )
+    prepare = conv.kind.prepare
+    if prepare is not None:
+        prepare(model)
     if "model" in NORMS.entry(config.norm).tags:
         from bench.zoo.norms import mimic
 
