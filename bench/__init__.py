@@ -23,7 +23,8 @@ _WHERE = {
     "TrialConfig": "bench.spec",
     "StudySpec": "bench.spec",
     "Option": "bench.zoo.registry",
-    **dict.fromkeys(("NORMS", "CONVS", "ARCHS", "OPTIMIZERS", "SCHEDULES", "AUGMENTS", "DATASETS"), "bench.zoo.registry"),
+    **dict.fromkeys(("NORMS", "CONVS", "ACTIVATIONS", "ARCHS", "OPTIMIZERS", "SCHEDULES", "AUGMENTS", "DATASETS"),
+                    "bench.zoo.registry"),
 }
 __all__ = ["__version__", *sorted(_WHERE)]
 

@@ -912,7 +912,7 @@ def _print_transfer(counts: dict[str, int], target: Any) -> None:
 # -- zoo ------------------------------------------------------------------------------
 
 
-ZOO_KINDS = ("norms", "convs", "optimizers", "schedules", "archs", "augments", "datasets")
+ZOO_KINDS = ("norms", "convs", "activations", "optimizers", "schedules", "archs", "augments", "datasets")
 
 
 def _registries() -> dict[str, Registry]:

@@ -196,8 +196,10 @@ def code_fingerprint(config: Any) -> dict[str, str]:
     from bench.zoo.registry import REGISTRIES
 
     out: dict[str, str] = {}
-    for field, registry in REGISTRIES.items():
-        entry = registry.entry(getattr(config, field))
+    for registry in REGISTRIES.values():
+        entry = registry.chosen(config)
+        if entry is None:  # a null choice: the architecture's own, named in its source
+            continue
         out[f"{registry.kind}:{entry.name}"] = files_fingerprint(module_files(entry.module))
     out["trial"] = files_fingerprint(trainer_files())
     return out

@@ -52,12 +52,12 @@ def store_path(tmp_path: Path) -> Path:
 def test_zoo_lists_every_registry():
     result = invoke("zoo")
     assert result.exit_code == 0, result.output
-    for kind in ("norms", "convs", "optimizers", "schedules", "archs", "augments", "datasets"):
+    for kind in ("norms", "convs", "activations", "optimizers", "schedules", "archs", "augments", "datasets"):
         assert kind in result.output
     result = invoke("zoo", "norms")
     assert "GroupNorm" in result.output and "Wu & He 2018" in result.output
     result = invoke("zoo", "widgets")
-    assert result.exit_code == 1 and "Valid zoo kind names: archs, augments, convs, datasets, norms, optimizers, schedules" in result.output
+    assert result.exit_code == 1 and "Valid zoo kind names: activations, archs, augments, convs, datasets, norms, optimizers, schedules" in result.output
 
 
 def test_zoo_shows_the_options_each_entry_reads():

@@ -13,6 +13,7 @@ from bench.zoo.datasets import DATASETS, dataset_source
 from bench.errors import ConfigError
 from bench.spec import DEFAULTS, TrialConfig
 from bench.trial import build_model, build_optimizer, preflight
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.archs import ARCHS, first_layer
 from bench.zoo.archs.vit import Block, ConvStem, TokenNorm
 from bench.zoo.convs import ConvFactory, is_weight_normed
@@ -117,7 +118,7 @@ def test_class_token_or_mean_pooling():
 
 def test_residual_scale_multiplies_both_branches():
     torch.manual_seed(0)
-    block = Block(16, 2, 32, LN, ConvFactory(), alpha=0.3, drop=0.0)
+    block = Block(16, 2, 32, LN, ConvFactory(), ActivationFactory("gelu"), alpha=0.3, drop=0.0)
     x = torch.randn(2, 5, 16)
     h = x + 0.3 * block.attn(block.norm1(x))
     torch.testing.assert_close(block(x), h + 0.3 * block.mlp(block.norm2(h)))

@@ -33,8 +33,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 EMA_NORMS = ("eman", "copy", "recompute")  # how the EMA model's normalization statistics are formed (bench/trial/ema.py)
 
 # The options every trial reads (``when``: only while that field is true, or not 0). The fields
-# named like a registry (dataset, augment, arch, norm, conv, optimizer, schedule) choose
-# its entry; the entry's own options follow from its declaration.
+# named like a registry (dataset, augment, arch, norm, conv, activation, optimizer,
+# schedule) choose its entry (activation may be null: the architecture's own); the entry's
+# own options follow from its declaration.
 TRIAL_OPTIONS: tuple[Option, ...] = (
     # data
     Option("dataset", str, "digits", "the dataset (bench zoo datasets)"),
@@ -52,6 +53,8 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
            ge=1, nullable=True),
     Option("norm", str, "bn", "the normalization (bench zoo norms)"),
     Option("conv", str, "standard", "the weight reparametrization of conv and linear layers (bench zoo convs)"),
+    Option("activation", str, None, "the activation (bench zoo activations); null: the architecture's own (ReLU; the "
+           "ViT's GELU)", nullable=True),
     Option("train_only_norm", bool, False, "freeze every weight at init except the norm layers' γ and β"),
     Option("agc_clip", float, 0.0, "adaptive gradient clipping λ (0: off); the classifier is not clipped", ge=0),
     # optimization
@@ -225,8 +228,8 @@ class TrialConfig:
 
     # -- validation -------------------------------------------------------------------
     def _check_names(self) -> None:
-        for field_name, registry in REGISTRIES.items():
-            registry.check(getattr(self, field_name))
+        for registry in REGISTRIES.values():
+            registry.chosen(self)
 
     def _check_values(self) -> None:
         if self.warmup_epochs > self.epochs:
@@ -283,8 +286,9 @@ class TrialConfig:
         """The options this trial reads: the trial-level ones and the ones its chosen entries
         declare, those with ``when`` only while switched on."""
         out = {o.name for o in TRIAL_OPTIONS if o.switched_on(self)}
-        for field_name, registry in REGISTRIES.items():
-            out.update(o.name for o in registry.entry(getattr(self, field_name)).options if o.switched_on(self))
+        for registry in REGISTRIES.values():
+            entry = registry.chosen(self)
+            out.update(o.name for o in (entry.options if entry else ()) if o.switched_on(self))
         return out
 
     @property

@@ -362,7 +362,10 @@ def does_nothing(key: str, configs: list[TrialConfig]) -> str:
     option = OPTIONS.get(key)
     switch = [option.condition()] if option is not None and option.when and option.condition() not in readers else []
     fields = sorted({f for f, _ in readers + switch})
-    used = ", ".join(f"{f}={'/'.join(sorted({str(getattr(c, f)) for c in configs}))}" for f in fields)
+    def shown(value: Any) -> str:
+        return "null" if value is None else str(value)  # as YAML spells it (activation: null)
+
+    used = ", ".join(f"{f}={'/'.join(sorted({shown(getattr(c, f)) for c in configs}))}" for f in fields)
     wanted = ", ".join(_reading(f, v) for f, v in readers) or "no choice"
     wanted += "".join(f", and then only with {_reading(f, v)}" for f, v in switch)
     return (f"`{key}` does nothing for {used or 'these trials'}: it is read only with {wanted}. Remove it, or choose "

@@ -13,8 +13,8 @@ from typing import Any
 
 _WHERE = {
     **dict.fromkeys(
-        ("build_augment", "build_model", "build_optimizer", "build_schedule", "conv_factory", "freeze_all_but_norms",
-         "norm_factory", "pick_device", "preflight", "seed_everything", "steps_per_epoch"),
+        ("activation_factory", "build_augment", "build_model", "build_optimizer", "build_schedule", "conv_factory",
+         "freeze_all_but_norms", "norm_factory", "pick_device", "preflight", "seed_everything", "steps_per_epoch"),
         "bench.trial.build",
     ),
     **dict.fromkeys(("TrialResult", "evaluate", "run_trial"), "bench.trial.loop"),

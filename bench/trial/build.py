@@ -10,6 +10,7 @@ orthogonal starts of SVB and orthonormal decay, backward error modulation.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +22,13 @@ from torch import nn
 from bench.errors import ConfigError
 from bench.spec import TrialConfig
 from bench.trial.ema import check_ema
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.augment import Augment, AugmentContext
 from bench.zoo.convs import ConvFactory, ConvKind
 from bench.zoo.datasets import DatasetSource, dataset_source
 from bench.zoo.norms import NormFactory, is_norm_module
 from bench.zoo.optimizers import make as make_optimizer
-from bench.zoo.registry import ARCHS, AUGMENTS, CONVS, NORMS
+from bench.zoo.registry import ACTIVATIONS, ARCHS, AUGMENTS, CONVS, NORMS
 from bench.zoo.schedules import schedule_factor
 
 
@@ -85,6 +87,22 @@ def norm_factory(config: TrialConfig) -> NormFactory:
     return NormFactory(config.norm, NORMS.entry(config.norm).kwargs(config))
 
 
+def activation_factory(config: TrialConfig) -> ActivationFactory | None:
+    """The config's activation; None for ``activation: null`` (the architecture's own).
+    An architecture whose builder takes no ``activation`` (a plugin's written without
+    one) builds its own activations and refuses a chosen one."""
+    entry = ACTIVATIONS.chosen(config)
+    if entry is None:
+        return None
+    if "activation" not in inspect.signature(ARCHS.get(config.arch)).parameters:
+        raise ConfigError(
+            f"arch={config.arch} builds its own activations: its builder takes no activation factory, so "
+            f"activation={entry.name} would be ignored. Leave activation unset (null) with arch={config.arch}, or "
+            "give its builder an `activation: ActivationFactory` keyword (bench/zoo/archs/__init__.py)."
+        )
+    return ActivationFactory(entry.name, entry.kwargs(config))
+
+
 def conv_factory(config: TrialConfig) -> ConvFactory:
     """The config's conv reparametrization; a model-level norm may bring its own (MimicNorm's
     centred convs: ``info['conv']``), which no other conv may replace."""
@@ -103,14 +121,16 @@ def conv_kind(config: TrialConfig) -> ConvKind:
 
 
 def build_model(config: TrialConfig, source: DatasetSource) -> nn.Module:
-    """The architecture with the config's norm and conv; width and depth left unset take
-    the builder's defaults. Model-level techniques are applied here: MimicNorm (centred
-    convs and a last BatchNorm) and "train only the norm layers" (Frankle et al. 2020)."""
-    sizes = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v is not None}
+    """The architecture with the config's norm, conv and activation; width, depth and
+    activation left unset (null) take the builder's defaults. Model-level techniques are
+    applied here: MimicNorm (centred convs and a last BatchNorm) and "train only the norm
+    layers" (Frankle et al. 2020)."""
+    chosen = {k: v for k, v in (("width", config.width), ("depth", config.depth),
+                                ("activation", activation_factory(config))) if v is not None}
     norm, conv = norm_factory(config), conv_factory(config)
     model = ARCHS.build(
         config.arch, config, in_channels=source.in_channels, num_classes=source.num_classes,
-        image_size=source.image_size, norm=norm, conv=conv, **sizes,
+        image_size=source.image_size, norm=norm, conv=conv, **chosen,
     )
     prepare = conv.kind.prepare
     if prepare is not None:

@@ -270,6 +270,12 @@ class Registry:
     def check(self, name: str) -> None:
         self.entry(name)
 
+    def chosen(self, config: Any) -> Entry | None:
+        """The entry ``config`` chooses by the field ``self.field``; None where that field is
+        null (a nullable choice: ``activation: null`` is the architecture's own)."""
+        name = getattr(config, self.field)
+        return None if name is None else self.entry(name)
+
     def names(self) -> list[str]:
         return list(self._all())
 
@@ -322,14 +328,16 @@ def _check_options(entry: Entry) -> None:
 # The registries: kind, the config field that chooses an entry, what a builder returns.
 NORMS = Registry("norm", "norm", "a layer for (num_channels, dims)")
 CONVS = Registry("conv", "conv", "a ConvKind: conv and linear constructors")
-ARCHS = Registry("arch", "arch", "the model, given the norm and conv factories")
+ACTIVATIONS = Registry("activation", "activation", "a layer for (num_channels, dims)")
+ARCHS = Registry("arch", "arch", "the model, given the norm, conv and activation factories")
 OPTIMIZERS = Registry("optimizer", "optimizer", "a torch optimizer over parameter groups")
 SCHEDULES = Registry("schedule", "schedule", "factor(step): the multiple of the peak learning rate")
 AUGMENTS = Registry("augment", "augment", "(images, labels, generator) → (images, targets)")
 DATASETS = Registry("dataset", "dataset", "root directory → (train_x, train_y, val_x, val_y)")
-REGISTRIES: dict[str, Registry] = {r.field: r for r in (DATASETS, AUGMENTS, ARCHS, NORMS, CONVS, OPTIMIZERS, SCHEDULES)}
+REGISTRIES: dict[str, Registry] = {r.field: r for r in (DATASETS, AUGMENTS, ARCHS, NORMS, CONVS, ACTIVATIONS, OPTIMIZERS,
+                                                        SCHEDULES)}
 _BY_NAME = {"NORMS": NORMS, "CONVS": CONVS, "ARCHS": ARCHS, "OPTIMIZERS": OPTIMIZERS, "SCHEDULES": SCHEDULES,
-            "AUGMENTS": AUGMENTS, "DATASETS": DATASETS}
+            "AUGMENTS": AUGMENTS, "DATASETS": DATASETS, "ACTIVATIONS": ACTIVATIONS}
 
 
 # -- reading the zoo's declarations from its source -------------------------------------------

@@ -3,13 +3,20 @@
 Every builder has the same keyword signature, so a study can swap the architecture
 as easily as the norm::
 
-    build(*, in_channels, num_classes, image_size, norm: NormFactory, conv: ConvFactory, width, depth) -> nn.Module
+    build(*, in_channels, num_classes, image_size, norm: NormFactory, conv: ConvFactory,
+          activation: ActivationFactory, width, depth) -> nn.Module
 
 ``norm`` is a :class:`bench.zoo.norms.NormFactory`: the architecture calls
 ``norm(channels)`` for conv features and ``norm(features, dims=1)`` for vectors, so any
 registered norm fits any architecture. ``conv`` is a :class:`bench.zoo.convs.ConvFactory`:
 every conv and linear layer is built through ``conv.conv(...)`` / ``conv.linear(...)``, so
 any weight reparametrization (standardization, weight norm, ...) fits any architecture.
+``activation`` is a :class:`bench.zoo.activations.ActivationFactory`, called like the norm
+(``activation(channels)``, ``activation(features, dims=1)`` on (N, C) vectors) for every
+activation between the layers, so any registered activation fits any architecture (a
+spatial one, FReLU, refuses vectors). Its keyword default is the architecture's own
+activation, which a config's ``activation: null`` keeps, as ``width`` and ``depth`` left
+unset keep the builder's defaults.
 
 Architecture-specific options (``nf_alpha``, the ViT's ``patch_size`` and ``vit_*``) are
 further keywords, named as the config fields that carry them. :func:`first_layer` finds

@@ -1,6 +1,6 @@
-"""A small plain CNN: (conv → norm → ReLU) × depth, 2×2 max-pool after every second
-conv, then the classifier head (``head``, :mod:`bench.zoo.archs.heads`; by default global
-average pool and linear). ``depth=4`` is the 4-conv CNN of the small-scale batch-size
+"""A small plain CNN: (conv → norm → activation, ReLU by default) × depth, 2×2 max-pool
+after every second conv, then the classifier head (``head``, :mod:`bench.zoo.archs.heads`;
+by default global average pool and linear). ``depth=4`` is the 4-conv CNN of the small-scale batch-size
 experiments; channels double after each pooling."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from torch import nn
 from bench.errors import ConfigError
 from bench.zoo.archs.heads import HEAD_OPTIONS, head_layers
 from bench.zoo.registry import ARCHS
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
@@ -24,6 +25,7 @@ def build_cnn(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = ActivationFactory("relu"),
     width: int = 16,
     depth: int = 4,
     head: str = "gap",
@@ -36,7 +38,7 @@ def build_cnn(
     channels, size = in_channels, image_size
     for i in range(depth):
         out = width * 2 ** (i // 2)
-        layers += [conv.conv(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out), nn.ReLU(inplace=True)]
+        layers += [conv.conv(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out), activation(out)]
         channels = out
         if i % 2 == 1 and size >= 2:
             layers.append(nn.MaxPool2d(2))

@@ -1,5 +1,6 @@
-"""A multilayer perceptron on flattened images: (linear → norm → ReLU) × depth, then a
-linear classifier. Norms act on vector features (``dims=1``)."""
+"""A multilayer perceptron on flattened images: (linear → norm → activation, ReLU by
+default) × depth, then a linear classifier. Norms and activations act on vector features
+(``dims=1``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.zoo.registry import ARCHS
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
@@ -19,6 +21,7 @@ def build_mlp(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = ActivationFactory("relu"),
     width: int = 256,
     depth: int = 2,
 ) -> nn.Module:
@@ -27,7 +30,7 @@ def build_mlp(
     layers: list[nn.Module] = [nn.Flatten()]
     features = in_channels * image_size * image_size
     for _ in range(depth):
-        layers += [conv.linear(features, width, bias=norm.name == "none"), norm(width, dims=1), nn.ReLU(inplace=True)]
+        layers += [conv.linear(features, width, bias=norm.name == "none"), norm(width, dims=1), activation(width, dims=1)]
         features = width
     layers.append(conv.linear(features, num_classes))
     return nn.Sequential(*layers)

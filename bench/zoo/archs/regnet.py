@@ -44,7 +44,10 @@ stage's 3×3 convs 1×1 maps.
 
 The norm layers come from the harness's NormFactory (torchvision's ``norm_layer`` argument),
 so every norm fits; with ``norm=none`` the convs get a bias (zero at first), as in the
-other architectures. The activation is ReLU (torchvision's ``activation`` argument).
+other architectures. The activation is ReLU, or the config's ``activation``, passed as
+torchvision's ``activation`` argument (stem, blocks, SE). torchvision calls that layer class
+without the channel count, so only a pointwise activation fits (FReLU is refused); its
+layers are the factory's (the ReLU in place, in SE too, where it acts on a fresh output).
 torchvision builds its convs itself (its grouped 3×3 convs could not come from the
 harness's conv constructors, which take no groups), so the weight reparametrizations
 (``conv``) are refused with a :class:`~bench.errors.ConfigError`, and so is MimicNorm,
@@ -61,6 +64,7 @@ from torchvision.models.regnet import BlockParams, RegNet
 from torchvision.ops.misc import Conv2dNormActivation
 
 from bench.errors import ConfigError
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.archs import refuse_instance_norm_on_single_pixels
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
@@ -116,6 +120,7 @@ def build_regnet(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = ActivationFactory("relu"),
     width: int = 24,
     depth: int = 13,
     regnet_wa: float = 36.44,
@@ -138,11 +143,17 @@ def build_regnet(
         )
     if depth < 1:
         raise ConfigError(f"arch=regnet takes depth as its number of blocks d ≥ 1; got depth={depth}.")
+    if not activation.pointwise:
+        raise ConfigError(
+            f"arch=regnet got activation={activation.name!r}, but regnet is torchvision's RegNet, which builds its "
+            "activations itself from a layer class, without their channel count, so only a pointwise activation "
+            "(relu, gelu, silu) fits it. Compare FReLU on cnn, resnet, vgg or repvgg."
+        )
     params = block_params(depth, width, regnet_wa, regnet_wm, regnet_group_width, regnet_se_ratio)
     refuse_instance_norm_on_single_pixels(norm, "regnet", image_size, strided_stages=len(params.depths))
     model = RegNet(
         params, num_classes=num_classes, stem_width=STEM_WIDTH, stem_type=small_image_stem(in_channels),
-        norm_layer=norm, activation=nn.ReLU,
+        norm_layer=norm, activation=lambda inplace=None: activation(0),  # pointwise: no channel count needed
     )
     if norm.name == "none":
         add_biases(model)

@@ -1,7 +1,8 @@
 """RepVGG (Ding, Zhang, Ma, Han, Ding & Sun, CVPR 2021, "RepVGG: Making VGG-style ConvNets
 Great Again", arXiv:2101.03697) for small images.
 
-A RepVGG block trains as three parallel branches on its input x, summed, then a ReLU:
+A RepVGG block trains as three parallel branches on its input x, summed, then a ReLU (the
+paper's; ``activation`` chooses another, which stays after the fused conv):
 
     y = ReLU( N₃(W₃ ∗ x) + N₁(W₁ ∗ x) + N₀(x) )
 
@@ -17,8 +18,8 @@ t = β − μ s, so each branch is a conv with bias, and the three add up to one
 pad₁ puts the 1×1 kernel at the centre of a zero 3×3 kernel and I is the identity as a
 3×3 kernel (1 at the centre of channel i's own filter, 0 elsewhere). A conv that has a
 bias b_c adds s b_c to its branch's bias. :func:`deploy` returns the network with every
-block replaced by that conv and its ReLU: a plain stack of 3×3 convs computing the same
-function as the trained network in eval mode. This is the authors' ``RepVGGBlock``
+block replaced by that conv and its ReLU (activation): a plain stack of 3×3 convs
+computing the same function as the trained network in eval mode. This is the authors' ``RepVGGBlock``
 (``get_equivalent_kernel_bias``, ``_fuse_bn_tensor``, ``_pad_1x1_to_3x3_tensor``,
 ``switch_to_deploy``) in DingXiaoH/RepVGG ``repvgg.py`` (commit 82b28bb).
 
@@ -62,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.archs import refuse_instance_norm_on_single_pixels
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
@@ -73,16 +75,21 @@ from bench.zoo.registry import ARCHS, Option
 LAYOUTS: dict[int, tuple[int, ...]] = {22: (2, 4, 14, 1), 28: (4, 6, 16, 1)}
 SERIES = {22: "RepVGG-A", 28: "RepVGG-B"}
 FOLDABLE_NORMS = "bn, bn-ghost, bn-frozen, brn, mabn or none"
+RELU = ActivationFactory("relu")  # the paper's activation, after every block
 
 REPVGG_A = Option("repvgg_a", float, 0.75, "RepVGG width multiplier a of stages 0-3: widths width·(a, a, 2a, 4a)", gt=0)
 REPVGG_B = Option("repvgg_b", float, 2.5, "RepVGG width multiplier b of the last stage: 8·width·b channels", gt=0)
 
 
 class RepVGGBlock(nn.Module):
-    """The training-time block: ReLU(N₃(3×3 conv) + N₁(1×1 conv) + N₀(x)), the identity
-    branch only when stride is 1 and the channels do not change (the module docstring)."""
+    """The training-time block: act(N₃(3×3 conv) + N₁(1×1 conv) + N₀(x)), act ReLU unless
+    ``activation`` is another, the identity branch only when stride is 1 and the channels
+    do not change (the module docstring)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory, conv: ConvFactory):
+    def __init__(
+        self, cin: int, cout: int, stride: int, norm: NormFactory, conv: ConvFactory, *,
+        activation: ActivationFactory = RELU,
+    ):
         super().__init__()
         bias = norm.name == "none"
         self.norm_name = norm.name
@@ -91,13 +98,13 @@ class RepVGGBlock(nn.Module):
         self.pointwise = nn.Sequential(OrderedDict(
             conv=conv.conv(cin, cout, 1, stride=stride, padding=0, bias=bias), norm=norm(cout)))
         self.identity: nn.Module | None = norm(cin) if stride == 1 and cin == cout else None
-        self.relu = nn.ReLU(inplace=True)
+        self.act = activation(cout)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.dense(x) + self.pointwise(x)
         if self.identity is not None:
             out = out + self.identity(x)
-        return self.relu(out)
+        return self.act(out)
 
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
         """(K, b) of the one 3×3 conv this block's branches equal in eval mode (the
@@ -114,7 +121,8 @@ class RepVGGBlock(nn.Module):
         return kernel, bias
 
     def fused(self) -> nn.Sequential:
-        """This block as one 3×3 conv with bias and its ReLU (the authors' ``switch_to_deploy``)."""
+        """This block as one 3×3 conv with bias and (a copy of) its activation, the authors'
+        ``switch_to_deploy``: the activation follows the branches' sum, so any one fuses."""
         template = self.dense.conv
         with torch.no_grad():
             kernel, bias = self.equivalent_kernel_bias()
@@ -123,7 +131,7 @@ class RepVGGBlock(nn.Module):
         with torch.no_grad():
             layer.weight.copy_(kernel)
             layer.bias.copy_(bias)
-        return nn.Sequential(OrderedDict(conv=layer, relu=nn.ReLU(inplace=True)))
+        return nn.Sequential(OrderedDict(conv=layer, act=copy.deepcopy(self.act)))
 
     def _fold(self, conv: nn.Module, norm: nn.Module) -> tuple[Tensor, Tensor]:
         """The branch norm(conv(x)) as one conv: (s·W, s·b_conv + t)."""
@@ -175,13 +183,14 @@ def _kernel(conv: nn.Module) -> Tensor:
 class RepVGG(nn.Module):
     def __init__(
         self, in_channels: int, num_classes: int, norm: NormFactory, conv: ConvFactory, widths: tuple[int, ...],
-        layout: tuple[int, ...],
+        layout: tuple[int, ...], activation: ActivationFactory = RELU,
     ):
         super().__init__()
-        self.stage0 = RepVGGBlock(in_channels, widths[0], 1, norm, conv)
+        self.stage0 = RepVGGBlock(in_channels, widths[0], 1, norm, conv, activation=activation)
         cin, stages = widths[0], []
         for cout, blocks in zip(widths[1:], layout):
-            stage = [RepVGGBlock(cin if i == 0 else cout, cout, 2 if i == 0 else 1, norm, conv) for i in range(blocks)]
+            stage = [RepVGGBlock(cin if i == 0 else cout, cout, 2 if i == 0 else 1, norm, conv, activation=activation)
+                     for i in range(blocks)]
             stages.append(nn.Sequential(*stage))
             cin = cout
         self.stages = nn.Sequential(*stages)
@@ -198,7 +207,7 @@ class RepVGG(nn.Module):
 
 def deploy(model: nn.Module) -> nn.Module:
     """A copy of ``model``, in eval mode, with every :class:`RepVGGBlock` (at any depth, so
-    a wrapped network too) replaced by its fused 3×3 conv and ReLU: the same function as
+    a wrapped network too) replaced by its fused 3×3 conv and activation: the same function as
     ``model`` in eval mode. ``model`` itself is unchanged. Raises
     :class:`~bench.errors.ConfigError` when a block's norm or conv cannot be folded."""
     fused = copy.deepcopy(model).eval()
@@ -231,6 +240,7 @@ def build_repvgg(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = RELU,
     width: int = 32,
     depth: int = 22,
     repvgg_a: float = 0.75,
@@ -248,4 +258,4 @@ def build_repvgg(
             f"{', '.join(map(str, widths))}: every stage needs at least one channel. Raise width or the multipliers."
         )
     refuse_instance_norm_on_single_pixels(norm, "repvgg", image_size, strided_stages=len(LAYOUTS[depth]))
-    return RepVGG(in_channels, num_classes, norm, conv, widths, LAYOUTS[depth])
+    return RepVGG(in_channels, num_classes, norm, conv, widths, LAYOUTS[depth], activation)

@@ -37,6 +37,7 @@ from bench.errors import ConfigError
 from bench.zoo.archs.heads import HEAD_OPTIONS, head_layers
 from bench.zoo.archs.strip_pooling import StripPooling
 from bench.zoo.registry import ARCHS, Option
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
@@ -63,12 +64,14 @@ class Scale(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv-norm-ReLU-conv-norm plus the shortcut, then ReLU. ``index`` is the block's
+    """conv-norm-act-conv-norm plus the shortcut, then act (``activation``: ReLU unless the
+    config chooses another; one module each, FReLU's having weights). ``index`` is the block's
     position in the network, from 1 (MimicNorm's residual scalar starts at 1.2² / index).
     ``strip`` puts the strip pooling module between the first activation and the second conv."""
 
     def __init__(
         self, cin: int, cout: int, stride: int, norm: NormFactory, conv: ConvFactory, index: int = 1, strip: bool = False,
+        *, activation: ActivationFactory,
     ):
         super().__init__()
         bias, mimic = norm.name == "none", norm.name == "mimic"
@@ -76,31 +79,32 @@ class BasicBlock(nn.Module):
         self.conv2, self.norm2 = conv.conv(cout, cout, 3, padding=1, bias=bias), norm(cout)
         self.attention: nn.Module = StripPooling(cout, norm, conv) if strip else nn.Identity()
         self.residual_scale: nn.Module = Scale(MIMIC_RESIDUAL_GAIN / index) if mimic else nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
+        self.act1, self.act2 = activation(cout), activation(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             projection = [conv.conv(cin, cout, 1, stride=stride, bias=bias), norm(cout)]
             self.shortcut = nn.Sequential(*projection, *([Scale(MIMIC_SHORTCUT_GAIN)] if mimic else []))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.residual_scale(self.norm2(self.conv2(self.attention(out))))
-        return self.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class ResNet(nn.Module):
     def __init__(
         self, in_channels: int, num_classes: int, norm: NormFactory, conv: ConvFactory, width: int, blocks: int,
-        attention: str = "none", **heads: Any,
+        attention: str = "none", *, activation: ActivationFactory, **heads: Any,
     ):
         super().__init__()
         stem = conv.conv(in_channels, width, 3, padding=1, bias=norm.name == "none")
-        self.stem = nn.Sequential(stem, norm(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(stem, norm(width), activation(width))
         stages, cin = [], width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(blocks):
                 strip = attention == "strip" and (i == 2 or 0 < j == blocks - 1)
-                stages.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm, conv, len(stages) + 1, strip))
+                stages.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm, conv, len(stages) + 1, strip,
+                                         activation=activation))
                 cin = cout
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(*head_layers(cin, num_classes, conv, **heads))
@@ -122,6 +126,7 @@ def build_resnet(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = ActivationFactory("relu"),
     width: int = 16,
     depth: int = 8,
     resnet_block_attention: str = "none",
@@ -139,5 +144,5 @@ def build_resnet(
                           f"got {resnet_block_attention!r}.")
     return ResNet(
         in_channels, num_classes, norm, conv, width, (depth - 2) // 6, resnet_block_attention,
-        head=head, head_rank=head_rank, head_drop_factor=head_drop_factor,
+        activation=activation, head=head, head_rank=head_rank, head_drop_factor=head_drop_factor,
     )

@@ -1,17 +1,19 @@
 """VGG (Simonyan & Zisserman 2015, arXiv:1409.1556) for small images: the conv layouts of
 VGG-11/13/16/19 (configurations A, B, D, E), channels scaled by ``width``.
 
-Five stages of 3×3 convs (padding 1), each conv followed by the registry norm and a ReLU,
-a 2×2 max-pool after each stage; stage s has width · (1, 2, 4, 8, 8)[s] channels (width 64
-gives the paper's 64…512). ``depth`` names the network as the paper does, by its weight
-layers: VGG-n has n − 3 convs (its three fully connected layers, sized for 224-pixel
-ImageNet images, are replaced by global average pooling and one linear classifier, the
-usual CIFAR adaptation; after five pools a 32-pixel image is 1×1 anyway). A pool is
-skipped once the map is 1 pixel wide (small images: 28 → 14 → 7 → 3 → 1; 8 → 4 → 2 → 1).
+Five stages of 3×3 convs (padding 1), each conv followed by the registry norm and the
+activation (ReLU unless the config chooses another), a 2×2 max-pool after each stage;
+stage s has width · (1, 2, 4, 8, 8)[s] channels (width 64 gives the paper's 64…512).
+``depth`` names the network as the paper does, by its weight layers: VGG-n has n − 3
+convs (its three fully connected layers, sized for 224-pixel ImageNet images, are
+replaced by global average pooling and one linear classifier, the usual CIFAR
+adaptation; after five pools a 32-pixel image is 1×1 anyway). A pool is skipped once the
+map is 1 pixel wide (small images: 28 → 14 → 7 → 3 → 1; 8 → 4 → 2 → 1).
 
 ``norm=none`` is the original VGG (convs with bias, no norm layers); any other norm
 gives the BatchNorm-style VGG (convs without bias, then the norm). Conv weights start as
-in torchvision's VGG: He-normal (fan-out, ReLU gain), biases at 0, so the deep variants
+in torchvision's VGG: He-normal (fan-out, ReLU gain), biases at 0 (an FReLU's funnel
+conv too, as the FReLU authors' ResNet initializes every conv), so the deep variants
 without norm layers still pass a signal; the classifier starts at N(0, 0.01²). The
 classifier head is the ``head`` option (:mod:`bench.zoo.archs.heads`), by default that
 global average pool and linear; with the factorized head, its linear part starts at
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from bench.errors import ConfigError
 from bench.zoo.archs.heads import HEAD_OPTIONS, classifier_linear, head_layers
 from bench.zoo.registry import ARCHS
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 
@@ -38,7 +41,7 @@ STAGE_MULTIPLIERS = (1, 2, 4, 8, 8)
 class VGG(nn.Module):
     def __init__(
         self, in_channels: int, num_classes: int, image_size: int, norm: NormFactory, conv: ConvFactory, width: int,
-        layout: tuple[int, ...], **heads: Any,
+        layout: tuple[int, ...], *, activation: ActivationFactory, **heads: Any,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -52,7 +55,7 @@ class VGG(nn.Module):
                     "Use it on 32-pixel images, or choose bn, gn, ln or none."
                 )
             for _ in range(convs):
-                layers += [conv.conv(channels, out, 3, padding=1, bias=bias), norm(out), nn.ReLU(inplace=True)]
+                layers += [conv.conv(channels, out, 3, padding=1, bias=bias), norm(out), activation(out)]
                 channels = out
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
@@ -93,6 +96,7 @@ def build_vgg(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = ActivationFactory("relu"),
     width: int = 16,
     depth: int = 11,
     head: str = "gap",
@@ -105,6 +109,6 @@ def build_vgg(
             f"Valid depths: {', '.join(map(str, LAYOUTS))} (VGG-11, -13, -16, -19)."
         )
     return VGG(
-        in_channels, num_classes, image_size, norm, conv, width, LAYOUTS[depth],
+        in_channels, num_classes, image_size, norm, conv, width, LAYOUTS[depth], activation=activation,
         head=head, head_rank=head_rank, head_drop_factor=head_drop_factor,
     )

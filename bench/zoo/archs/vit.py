@@ -6,9 +6,13 @@ token by one conv with kernel = stride = patch size (``patch_embed``); an option
 token is prepended; a position embedding is added; ``depth`` pre-norm blocks follow,
 
     x ← x + α · DropPath(Attention(Norm(x)))
-    x ← x + α · DropPath(MLP(Norm(x))),          MLP = Linear → GELU → Linear (width·mlp_ratio hidden)
+    x ← x + α · DropPath(MLP(Norm(x))),          MLP = Linear → act → Linear (width·mlp_ratio hidden)
 
-then a final norm, the class token (or the mean of the patch tokens) and the head.
+then a final norm, the class token (or the mean of the patch tokens) and the head. The
+MLP's activation is GELU unless the config chooses another (``activation``), applied to
+the hidden units of each token as a vector (``dims=1``, on (B·N, hidden)); so a spatial
+activation (FReLU) is refused. The conv stem's ReLUs and the MLP head's tanh are part of
+those options' designs and stay.
 
 Options:
 
@@ -60,6 +64,7 @@ from timm.layers import DropPath, build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
+from bench.zoo.activations import ActivationFactory
 from bench.zoo.convs import ConvFactory
 from bench.zoo.norms import NormFactory
 from bench.zoo.registry import ARCHS, NORMS, Option
@@ -104,22 +109,28 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int, conv: ConvFactory):
+    """Linear → act → Linear on tokens (B, N, C); the activation sees (B·N, hidden) vectors."""
+
+    def __init__(self, width: int, hidden: int, conv: ConvFactory, activation: ActivationFactory):
         super().__init__()
-        self.fc1, self.act, self.fc2 = conv.linear(width, hidden), nn.GELU(), conv.linear(hidden, width)
+        self.fc1, self.act, self.fc2 = conv.linear(width, hidden), activation(hidden, dims=1), conv.linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        return self.fc2(self.act(h.reshape(-1, h.shape[-1])).reshape(h.shape))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block with residual branches scaled by α and stochastic depth."""
 
-    def __init__(self, width: int, heads: int, hidden: int, norm: NormFactory, conv: ConvFactory, alpha: float, drop: float):
+    def __init__(
+        self, width: int, heads: int, hidden: int, norm: NormFactory, conv: ConvFactory, activation: ActivationFactory,
+        alpha: float, drop: float,
+    ):
         super().__init__()
         self.alpha = alpha
         self.norm1, self.attn = TokenNorm(norm, width), Attention(width, heads, conv)
-        self.norm2, self.mlp = TokenNorm(norm, width), Mlp(width, hidden, conv)
+        self.norm2, self.mlp = TokenNorm(norm, width), Mlp(width, hidden, conv, activation)
         self.drop_path = DropPath(drop) if drop > 0 else nn.Identity()
 
     def _branch(self, out: Tensor) -> Tensor:
@@ -160,6 +171,7 @@ class ViT(nn.Module):
         image_size: int,
         norm: NormFactory,
         conv: ConvFactory,
+        activation: ActivationFactory,
         width: int,
         depth: int,
         patch_size: int,
@@ -192,7 +204,7 @@ class ViT(nn.Module):
             self.register_buffer("pos_embed", table.unsqueeze(0), persistent=False)
         rates = [drop_path * i / (depth - 1) if depth > 1 else drop_path for i in range(depth)]
         hidden = max(1, round(width * mlp_ratio))
-        self.blocks = nn.Sequential(*(Block(width, heads, hidden, norm, conv, residual_scale, r) for r in rates))
+        self.blocks = nn.Sequential(*(Block(width, heads, hidden, norm, conv, activation, residual_scale, r) for r in rates))
         self.norm = TokenNorm(norm, width)
         classifier = conv.linear(width, num_classes)
         classifier.is_classifier = True
@@ -308,6 +320,7 @@ def build_vit(
     image_size: int,
     norm: NormFactory,
     conv: ConvFactory = ConvFactory(),
+    activation: ActivationFactory = ActivationFactory("gelu"),
     width: int = 64,
     depth: int = 6,
     patch_size: int = 4,
@@ -324,7 +337,8 @@ def build_vit(
     _check(norm, image_size, width, depth, patch_size, vit_heads, vit_mlp_ratio, vit_pos_embed, vit_conv_stem,
            vit_residual_scale, drop_path)
     return ViT(
-        in_channels=in_channels, num_classes=num_classes, image_size=image_size, norm=norm, conv=conv, width=width,
+        in_channels=in_channels, num_classes=num_classes, image_size=image_size, norm=norm, conv=conv, activation=activation,
+        width=width,
         depth=depth, patch_size=patch_size, heads=vit_heads, mlp_ratio=vit_mlp_ratio, pos_embed=vit_pos_embed,
         cls_token=vit_cls_token, freeze_patch=vit_freeze_patch, conv_stem=vit_conv_stem,
         residual_scale=vit_residual_scale, drop_path=drop_path, mlp_head=vit_mlp_head,
