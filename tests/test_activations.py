@@ -8,7 +8,7 @@ configs without one, and the errors.
   ``FReLU``: ``maximum(x, bn_frelu(conv_frelu(x)))``, ``conv_frelu`` a k×k depthwise
   ``Conv2d`` with bias, stride 1, padding k//2; ``bn_frelu`` a ``BatchNorm2d``, MegEngine's
   eps 1e-5 and momentum 0.9 on the running statistics), re-implemented here in NumPy from
-  that file, since MegEngine does not install here.
+  that file (MegEngine, the authors' framework, is not a dependency of this project).
 - The normalizer-free gains γ = 1/sqrt(Var g(z)): ReLU's closed form (Brock et al. 2021),
   GELU's and SiLU's by SciPy's adaptive quadrature of their definitions, and the authors'
   sampled table (deepmind-research ``nfnets/base.py``, ``nonlinearities``, as copied by
