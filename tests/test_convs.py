@@ -35,7 +35,8 @@ def per_unit(w: torch.Tensor) -> torch.Tensor:
 
 
 def test_registry_names_descriptions_and_papers():
-    assert set(CONVS.names()) == {"standard", "ws", "wn", "cos", "centered", "sws", "nc", "meprop", "resprop"}
+    assert set(CONVS.names()) == {"standard", "ws", "wn", "cos", "centered", "sws", "nc", "meprop", "resprop",
+                                  "deformable", "drconv"}
     for entry in CONVS.entries():
         assert entry.description
         assert entry.name == "standard" or "arXiv:" in entry.paper or "doi:" in entry.paper
@@ -71,7 +72,8 @@ def test_every_conv_builds_into_every_architecture_and_trains(conv, arch, norm):
 
 
 def test_unknown_conv_lists_valid_names():
-    with pytest.raises(ConfigError, match="Valid conv names: centered, cos, meprop, nc, resprop, standard, sws, wn, ws"):
+    valid = "centered, cos, deformable, drconv, meprop, nc, resprop, standard, sws, wn, ws"
+    with pytest.raises(ConfigError, match=f"Valid conv names: {valid}"):
         ConvFactory("weightnorm")
 
 

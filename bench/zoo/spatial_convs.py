@@ -1,0 +1,53 @@
+"""Conv kinds that replace only a model's sliding-window convolutions.
+
+Deformable convolution (:mod:`bench.zoo.deformable_conv`) and DRConv
+(:mod:`bench.zoo.region_aware_conv`) change how a k×k window gathers its input: where it
+samples, which filter it applies. A conv whose windows do not overlap has nothing of the
+kind to change: a 1×1 conv (a per-position linear map: ResNet's projection shortcuts) or
+a patchify conv with stride = kernel (a ViT's patch embedding, a linear map of each
+flattened patch). So such a kind builds its own layer exactly where the windows overlap,
+
+    stride < kernel along some axis   (3×3 / stride 1 or 2, 3×1, ...),
+
+and plain ``nn.Conv2d`` / ``nn.Linear`` everywhere else, and a model in which no conv
+qualifies (an MLP; a ViT without its conv stem) is refused before anything runs, since
+the choice would change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from bench.errors import ConfigError
+from bench.zoo.convs import ConvKind
+
+
+def sliding(kernel_size: int | tuple[int, int], stride: int | tuple[int, int]) -> bool:
+    """Whether a conv's windows overlap: stride < kernel along some axis."""
+    return any(s < k for k, s in zip(_pair(kernel_size), _pair(stride)))
+
+
+def sliding_window_kind(name: str, layer: type[nn.Module], build: Callable[..., nn.Module]) -> ConvKind:
+    """The conv kind ``name`` that builds ``build(cin, cout, kernel_size, stride=, padding=,
+    bias=)`` (a ``layer``) for every sliding-window conv and plain layers otherwise; its
+    ``prepare`` refuses a model with no ``layer`` in it."""
+
+    def conv(cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
+        if sliding(kernel_size, stride):
+            return build(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias)
+        return nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias)
+
+    def prepare(model: nn.Module) -> None:
+        if not any(isinstance(m, layer) for m in model.modules()):
+            raise ConfigError(
+                f"conv={name} replaces the model's sliding-window convolutions (stride smaller than the kernel, "
+                "such as the 3×3 convs of cnn, resnet and vgg) and leaves 1×1 convs and linear layers plain, but "
+                "this model has none: an MLP has only linear layers, and a ViT's patch embedding "
+                "is a patchify conv (stride = kernel, a linear map of each patch). Choose a convolutional "
+                f"architecture (or a ViT with vit_conv_stem=true) for conv={name}, or leave conv unset."
+            )
+
+    return ConvKind(conv=conv, linear=nn.Linear, prepare=prepare)
