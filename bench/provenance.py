@@ -191,8 +191,11 @@ def trainer_files() -> tuple[Path, ...]:
 
 def code_fingerprint(config: Any) -> dict[str, str]:
     """``{"<kind>:<name>": fingerprint}`` for each registry entry ``config`` chooses (the
-    source of the module defining its builder, :func:`module_files`), and ``"trial"``:
-    the trainer's. Read from the files as they are now; nothing is imported."""
+    source of the module defining its builder, :func:`module_files`); ``"option:<name>"``
+    for each trial-level technique it switches on (an option declaring ``modules``, set to
+    anything but its default: those modules' sources); and ``"trial"``: the trainer's. Read
+    from the files as they are now; nothing is imported."""
+    from bench.spec.config import TRIAL_OPTIONS
     from bench.zoo.registry import REGISTRIES
 
     out: dict[str, str] = {}
@@ -201,5 +204,9 @@ def code_fingerprint(config: Any) -> dict[str, str]:
         if entry is None:  # a null choice: the architecture's own, named in its source
             continue
         out[f"{registry.kind}:{entry.name}"] = files_fingerprint(module_files(entry.module))
+    for option in TRIAL_OPTIONS:
+        if option.modules and getattr(config, option.name) != option.default:
+            paths = [path for module in option.modules for path in module_files(module)]
+            out[f"option:{option.name}"] = files_fingerprint(dict.fromkeys(paths))
     out["trial"] = files_fingerprint(trainer_files())
     return out

@@ -61,6 +61,26 @@ def test_a_run_records_versions_revision_code_and_data_fingerprints() -> None:
     assert env["data"] != load_dataset("synthetic", train_subset=100).fingerprint
 
 
+def test_a_trial_level_technique_enters_the_code_fingerprint_when_switched_on(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    plain = code_fingerprint(TrialConfig())
+    assert not any(key.startswith("option:") for key in plain)
+    on = code_fingerprint(TrialConfig(lawn=True, svb=True, agc_clip=0.01))
+    assert {"option:lawn", "option:svb", "option:agc_clip"} <= set(on)
+    assert {k: v for k, v in on.items() if not k.startswith("option:")} == plain
+    # an edit to SVB's module changes the fingerprint of the trials that use it, and only theirs
+    copy = tmp_path / "svb_copy.py"
+    shutil.copy(provenance.module_path("bench.zoo.optimizers.svb"), copy)
+    real = provenance.module_files
+    monkeypatch.setattr(provenance, "module_files",
+                        lambda module: (copy,) if module == "bench.zoo.optimizers.svb" else real(module))
+    before = code_fingerprint(TrialConfig(svb=True))
+    copy.write_text(copy.read_text() + "\n# edited\n")
+    after = code_fingerprint(TrialConfig(svb=True))
+    assert before["option:svb"] != after["option:svb"]
+    assert {k: v for k, v in before.items() if k != "option:svb"} == {k: v for k, v in after.items() if k != "option:svb"}
+
+
 # -- (b) code that changed --------------------------------------------------------------------
 
 

@@ -56,7 +56,8 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
     Option("activation", str, None, "the activation (bench zoo activations); null: the architecture's own (ReLU; the "
            "ViT's GELU)", nullable=True),
     Option("train_only_norm", bool, False, "freeze every weight at init except the norm layers' γ and β"),
-    Option("agc_clip", float, 0.0, "adaptive gradient clipping λ (0: off); the classifier is not clipped", ge=0),
+    Option("agc_clip", float, 0.0, "adaptive gradient clipping λ (0: off); the classifier is not clipped", ge=0,
+           modules=("bench.zoo.optimizers.agc",)),
     # optimization
     Option("optimizer", str, "sgd", "the optimizer (bench zoo optimizers)"),
     Option("lr", float, 0.05, "peak learning rate at lr_base_batch examples per step", ge=0),
@@ -65,17 +66,21 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
     Option("weight_decay", float, 5e-4, "weight decay coefficient", ge=0),
     Option("weight_decay_mode", str, "native", "how weight decay applies: native (each optimizer's own form), l2, "
            "decoupled, eps-shifted (Li et al. 2019, arXiv:1911.05920), orthonormal (Xie et al. 2017, "
-           "arXiv:1703.01827); bench.zoo.optimizers.weight_decay", choices=WEIGHT_DECAY_MODES),
+           "arXiv:1703.01827); bench.zoo.optimizers.weight_decay", choices=WEIGHT_DECAY_MODES,
+           modules=("bench.zoo.optimizers.weight_decay", "bench.zoo.optimizers.eps_shifted",
+                    "bench.zoo.optimizers.orthonormal", "bench.zoo.optimizers.matrices")),
     Option("wd_exclude_1d", bool, False, "biases and norm γ/β: no weight decay, no LARS/LAMB adaptation"),
     WD_SHIFT_EPS,
     Option("ortho_init", bool, True, "orthonormal decay: start from orthonormal filters (Xie et al. 2017, §4); false: "
            "the architecture's own initialization", when="weight_decay_mode=orthonormal"),
-    Option("lawn", bool, False, "LAWN: after a free phase, hold the final layers' weight norms fixed"),
+    Option("lawn", bool, False, "LAWN: after a free phase, hold the final layers' weight norms fixed",
+           modules=("bench.zoo.optimizers.lawn",)),
     Option("lawn_free_epochs", float, 1.0, "LAWN: unconstrained training before the constraint", unit="epochs",
            ge=0, when="lawn"),
     Option("lawn_layers", int, 1, "LAWN: how many final weight layers are constrained", ge=1, when="lawn"),
     Option("svb", bool, False, "Singular Value Bounding (Jia et al. 2017, arXiv:1611.06013): every svb_period, each "
-           "conv and linear weight's singular values clipped to [1/(1+svb_eps), 1+svb_eps]"),
+           "conv and linear weight's singular values clipped to [1/(1+svb_eps), 1+svb_eps]",
+           modules=("bench.zoo.optimizers.svb", "bench.zoo.optimizers.matrices")),
     Option("svb_eps", float, 0.5, "SVB: ε of the band [1/(1+ε), 1+ε] (the authors' 0.5)", ge=0, when="svb"),
     Option("svb_period", float, 1.0, "SVB: training between two boundings (the authors': 391 steps, one CIFAR-10 "
            "epoch at batch 128)", unit="epochs", gt=0, when="svb"),
@@ -86,7 +91,7 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
            nullable=True, when="svb"),
     Option("error_modulation", float, 0.0, "backward error modulation (Xie et al. 2017, arXiv:1703.01827, §3.3): a "
            "conv layer's output error scaled by ρ = √(q_above/q), the ratio of second moments, when ρ is outside "
-           "[1/τ, τ], τ this value (0: off; 1: every layer)", ge=0),
+           "[1/τ, τ], τ this value (0: off; 1: every layer)", ge=0, modules=("bench.zoo.optimizers.modulation",)),
     Option("schedule", str, "cosine", "the learning-rate schedule (bench zoo schedules)"),
     Option("warmup_epochs", float, 0.0, "linear warm-up before the schedule", unit="epochs", ge=0),
     # budget

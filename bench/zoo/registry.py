@@ -52,6 +52,10 @@ class Option:
     not 0 (``ema_norm`` is read only with ``ema_decay`` > 0); or ``"field=value"``: read only
     while that field has that value (``head_rank`` is read only with ``head=factorized``); on
     an entry's option, the field is another option of the same entry, with that choice.
+    ``modules`` (trial-level options) names the modules implementing the technique the option
+    switches on: their source enters the code fingerprint of every trial that sets the option
+    to anything but its default (:func:`bench.provenance.code_fingerprint`), as an entry's
+    module does for the trials that choose it.
     """
 
     name: str
@@ -66,6 +70,7 @@ class Option:
     choices: tuple[Any, ...] = ()
     nullable: bool = False
     when: str | None = None
+    modules: tuple[str, ...] = ()
 
     def condition(self) -> tuple[str, Any]:
         """``when`` as (field, value): ``"head=factorized"`` gives ("head", "factorized"); a bare
