@@ -1,7 +1,7 @@
 """Deformable convolution (``conv: deformable``) against its papers, torchvision's operator
 and the authors' initialization.
 
-- The sampling is DCNv1 eq. 2–3 / DCNv2 eq. 3 (Dai et al. 2017, arXiv:1703.06211; Zhu et
+- The sampling is DCNv1 §2.1 eq. 2–4 / DCNv2 §3.1 (Dai et al. 2017, arXiv:1703.06211; Zhu et
   al. 2019, arXiv:1811.11168): y(p₀) = Σ_k w_k Δm_k x(p₀ + p_k + Δp_k) with x bilinear,
   G(q, p) = max(0, 1 − |q_x − p_x|) max(0, 1 − |q_y − p_y|), 0 outside the map: checked
   against that sum written out in NumPy for fractional offsets, and, for integer offsets,
@@ -133,7 +133,7 @@ def test_the_modulation_scales_each_kernel_point_by_two_sigmoid():
 
 def bilinear(image: np.ndarray, y: float, x: float) -> np.ndarray:
     """x(p) = Σ_q G(q, p) x(q), G(q, p) = max(0, 1 − |q_y − p_y|) · max(0, 1 − |q_x − p_x|),
-    over the integer locations q inside the map (DCNv1 eq. 3)."""
+    over the integer locations q inside the map (DCNv1 eq. 3–4)."""
     out = np.zeros(image.shape[0])
     for qy in (math.floor(y), math.floor(y) + 1):
         for qx in (math.floor(x), math.floor(x) + 1):
@@ -143,7 +143,7 @@ def bilinear(image: np.ndarray, y: float, x: float) -> np.ndarray:
 
 
 def papers_deformable_conv(x, offset, mask, weight, bias, stride, padding):
-    """DCNv2 eq. 3 (DCNv1 eq. 2 with Δm = 1), written out: for every output position p₀ and
+    """DCNv2 §3.1 (DCNv1 eq. 2 with Δm = 1), written out: for every output position p₀ and
     kernel point k = (i, j), sample x at p₀·stride − padding + (i, j) + (Δy_k, Δx_k)."""
     batch, _, height, width = offset.shape
     out_channels, _, kh, kw = weight.shape

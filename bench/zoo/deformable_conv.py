@@ -5,14 +5,14 @@ arXiv:1811.11168): the ``deformable`` conv kind.
 
 A k×k conv reads its input on the regular grid R = {p_k} around each output position p₀
 (p_k ∈ {−1, 0, 1}² for k = 3). A deformable conv moves each of the K = k² sampling points
-by a learned offset Δp_k(p₀), per output position and per example (DCNv1 eq. 2), and DCNv2
-also weighs each sample by a learned modulation scalar Δm_k(p₀) (DCNv2 eq. 3):
+by a learned offset Δp_k(p₀), per output position and per example (DCNv1 §2.1, eq. 2), and
+DCNv2 also weighs each sample by a learned modulation scalar Δm_k(p₀) (DCNv2 §3.1):
 
     y(p₀) = Σ_k w_k · Δm_k(p₀) · x(p₀ + p_k + Δp_k(p₀)) + b      (v1: Δm_k = 1)
 
 x at a fractional location p is bilinear in the integer locations q of the map,
 x(p) = Σ_q G(q, p) x(q), G(q, p) = g(q_x, p_x) · g(q_y, p_y), g(a, b) = max(0, 1 − |a − b|)
-(DCNv1 eq. 3), with x = 0 outside the map (the plain conv's zero padding).
+(DCNv1 eq. 3–4), with x = 0 outside the map (the plain conv's zero padding).
 
 The offsets and modulation are predicted from the layer's own input by a plain conv with
 the deformable conv's kernel, stride and padding, so they live on its output grid: 2K
