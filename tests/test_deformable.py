@@ -31,8 +31,8 @@ from bench.trial import build_model
 from bench.zoo.archs import ARCHS
 from bench.zoo.convs import ConvFactory
 from bench.zoo.datasets import DatasetSource
-from bench.zoo.deformable_conv import DeformableConv2d
 from bench.zoo.norms import NormFactory
+from bench.zoo.spatial_convs.deformable import DeformableConv2d
 
 SOURCE = DatasetSource("probe", in_channels=1, image_size=8, num_classes=10, load=None, needs_files=False, train_size=64)
 

@@ -34,7 +34,7 @@ from bench.zoo.archs import ARCHS
 from bench.zoo.convs import ConvFactory
 from bench.zoo.datasets import DatasetSource
 from bench.zoo.norms import NormFactory
-from bench.zoo.region_aware_conv import RegionAwareConv2d
+from bench.zoo.spatial_convs.region_aware import RegionAwareConv2d
 
 SOURCE = DatasetSource("probe", in_channels=1, image_size=8, num_classes=10, load=None, needs_files=False, train_size=64)
 

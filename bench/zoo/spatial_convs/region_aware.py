@@ -44,9 +44,9 @@ guide of its own on its own input, with the layer's kernel (which for their 1×1
 theirs). With m = 1 there is nothing to assign and no guide is built: the layer is a
 dynamic conv with one generated filter bank per example.
 
-Where: every sliding-window conv of the architecture (:mod:`bench.zoo.spatial_convs`):
-the dense 3×3 convs carry the computation of cnn, resnet and vgg; 1×1 convs (ResNet's
-projection shortcuts) and linear layers stay plain.
+Where: every sliding-window conv of the architecture (the package's rule,
+:mod:`bench.zoo.spatial_convs`): the dense 3×3 convs carry the computation of cnn, resnet
+and vgg; 1×1 convs (ResNet's projection shortcuts) and linear layers stay plain.
 
 Written here: no library ships DRConv (the authors' operator is a CUDA extension whose
 CPU path returns zeros). The per-example filters run as one grouped conv (groups = batch

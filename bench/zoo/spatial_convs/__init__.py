@@ -1,8 +1,8 @@
 """Conv kinds that replace only a model's sliding-window convolutions.
 
-Deformable convolution (:mod:`bench.zoo.deformable_conv`) and DRConv
-(:mod:`bench.zoo.region_aware_conv`) change how a k×k window gathers its input: where it
-samples, which filter it applies. A conv whose windows do not overlap has nothing of the
+Deformable convolution (:mod:`.deformable`, ``conv: deformable``) and DRConv
+(:mod:`.region_aware`, ``conv: drconv``) change how a k×k window gathers its input: where
+it samples, which filter it applies. A conv whose windows do not overlap has nothing of the
 kind to change: a 1×1 conv (a per-position linear map: ResNet's projection shortcuts) or
 a patchify conv with stride = kernel (a ViT's patch embedding, a linear map of each
 flattened patch). So such a kind builds its own layer exactly where the windows overlap,
@@ -11,7 +11,8 @@ flattened patch). So such a kind builds its own layer exactly where the windows 
 
 and plain ``nn.Conv2d`` / ``nn.Linear`` everywhere else, and a model in which no conv
 qualifies (an MLP; a ViT without its conv stem) is refused before anything runs, since
-the choice would change nothing.
+the choice would change nothing. The rule lives here, in the package ``__init__``, so the
+code fingerprint of each of these kinds covers it.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ parameters of its own (``offset_weight``, ``offset_bias``) rather than a child c
 that an architecture's initialization of its conv layers (VGG's He init) leaves the zero
 start alone.
 
-Where: every sliding-window conv of the architecture (:mod:`bench.zoo.spatial_convs`), the
-stem included; 1×1 convs and linear layers stay plain. The papers deform the later stages
+Where: every sliding-window conv of the architecture (the package's rule,
+:mod:`bench.zoo.spatial_convs`), the stem included; 1×1 convs and linear layers stay plain. The papers deform the later stages
 of large detection backbones (DCNv1: the last three 3×3 convs of ResNet-101's conv5, 4
 deformable groups in the authors' symbols; DCNv2: every 3×3 conv of ResNet-50's
 conv3–conv5, 1 group in the authors' example); the small classifiers here have no such
