@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import bench
 from bench.cli import app
 from bench.store import open_store
+from bench.zoo.registry import ARCHS, OPTIMIZERS
 
 runner = CliRunner()
 
@@ -101,8 +102,8 @@ def test_dry_run_prints_trials_and_an_estimate_and_writes_nothing(spec, store_pa
         (["--set", "batch_size=0"], "batch_size must be an integer ≥ 1; got batch_size=0"),
         (["--set", "norm=gn", "--set", "norm_groups=3"], "norm_groups=3 cannot split a layer of 8 channels"),
         (["--set", "lr=-0.1"], "lr must be a number ≥ 0; got lr=-0.1"),
-        (["--set", "optimizer=lion"], "Unknown optimizer 'lion'. Valid optimizer names: adabound, adadelta, adagrad, adam, adamw, adax, lamb, lans, lars, nadam, rmsprop, sgd."),
-        (["--set", "arch=densenet"], "Unknown arch 'densenet'. Valid arch names: cnn, mlp, nf-resnet, resnet, vgg, vit."),
+        (["--set", "optimizer=lion"], f"Unknown optimizer 'lion'. Valid optimizer names: {', '.join(sorted(OPTIMIZERS.names()))}."),
+        (["--set", "arch=densenet"], f"Unknown arch 'densenet'. Valid arch names: {', '.join(sorted(ARCHS.names()))}."),
         (["--set", "dataset=imagenet"], "Unknown dataset 'imagenet'."),
         (["--set", "schedule=cyclic"], "Unknown schedule 'cyclic'."),
         (["--set", "batchsize=8"], "Unknown --set key 'batchsize'."),
