@@ -2,8 +2,9 @@
 
 For each architecture (the harness's cnn and mlp) and batch size, every method trains the
 same model from the same initial weights on the same batches for ``--steps`` SGD steps:
-conv=standard, then meProp per example, meProp unified and ReSprop at each sparsity. Per
-run it prints
+conv=standard, then meProp per example, meProp unified and ReSprop at each sparsity, all
+in lockstep (step 1 of every method, then step 2, ...), so that the load of a shared
+machine drifting during the run hits them alike. Per method it prints
 
 - ``backward ms``: the median wall time of ``loss.backward()`` over the steps after the
   first five (the forward pass and the optimizer step are not timed), and ``× dense``,
@@ -99,37 +100,56 @@ def flat_grad(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
 
 
-def run(config: TrialConfig, twin: nn.Module, data, steps: int, check_every: int, lr: float) -> dict[str, float]:
-    source = dataset_source(config.dataset)
-    torch.manual_seed(config.seed)
-    model = build_model(config, source)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))
-    batch = config.batch_size
-    macs = layer_macs(model, data.train_x[:batch])
-    times, shares, cosines = [], [], []
-    for step in range(steps):
-        idx = order[(step * batch) % (len(order) - batch):][:batch]
-        x, y = data.train_x[idx], data.train_y[idx]
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+class Run:
+    """One method's model, optimizer and measurements."""
+
+    def __init__(self, config: TrialConfig, lr: float, probe: torch.Tensor):
+        torch.manual_seed(config.seed)  # every method starts from the same weights
+        self.model = build_model(config, dataset_source(config.dataset))
+        self.model.train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.macs = layer_macs(self.model, probe)
+        self.times: list[float] = []
+        self.shares: list[float] = []
+        self.cosines: list[float] = []
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, measured: bool, twin: nn.Module | None) -> None:
+        loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         loss.backward()
         elapsed = time.perf_counter() - t0
-        if step >= WARMUP:
-            times.append(elapsed)
-            shares.append(kernel_share(macs, batch))
-        if step % check_every == 0 and step >= WARMUP:
-            twin.load_state_dict(model.state_dict(), strict=False)
-            twin.train()
+        if measured:
+            self.times.append(elapsed)
+            self.shares.append(kernel_share(self.macs, len(x)))
+        if measured and twin is not None:
+            twin.load_state_dict(self.model.state_dict(), strict=False)
             twin.zero_grad(set_to_none=True)
             F.cross_entropy(twin(x), y).backward()
-            cosines.append(F.cosine_similarity(flat_grad(model), flat_grad(twin), dim=0).item())
-        opt.step()
-    _, acc = evaluate(model, data.val_x, data.val_y)
-    return {"ms": 1000 * statistics.median(times), "share": statistics.fmean(shares),
-            "cos": statistics.fmean(cosines), "acc": acc}
+            self.cosines.append(F.cosine_similarity(flat_grad(self.model), flat_grad(twin), dim=0).item())
+        self.opt.step()
+
+
+def run_all(configs: list[TrialConfig], data, steps: int, check_every: int, lr: float) -> list[dict[str, float]]:
+    """Every method's model trained in lockstep on the same batches, so that a change of the
+    machine's load during the run hits every method alike."""
+    batch = configs[0].batch_size
+    runs = [Run(config, lr, data.train_x[:batch]) for config in configs]
+    torch.manual_seed(0)
+    twin = build_model(configs[0].replace(conv="standard"), dataset_source(configs[0].dataset))  # dense reference
+    twin.train()
+    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))
+    for step in range(steps):
+        idx = order[(step * batch) % (len(order) - batch):][:batch]
+        measured = step >= WARMUP
+        for run in runs:
+            run.step(data.train_x[idx], data.train_y[idx], measured, twin if measured and step % check_every == 0 else None)
+    out = []
+    for run in runs:
+        _, acc = evaluate(run.model, data.val_x, data.val_y)
+        out.append({"ms": 1000 * statistics.median(run.times), "share": statistics.fmean(run.shares),
+                    "cos": statistics.fmean(run.cosines), "acc": acc})
+    return out
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -200,14 +220,12 @@ def main(argv: list[str] | None = None) -> None:
         width = args.width_cnn if arch == "cnn" else args.width_mlp
         for batch in batches:
             base = {"dataset": args.dataset, "arch": arch, "width": width, "batch_size": batch, "norm": "bn"}
-            torch.manual_seed(0)
-            twin = build_model(TrialConfig(**base), dataset_source(args.dataset))
-            dense_ms = None
-            for name, s, options in methods(sparsities):
-                if arch == "mlp" and name == "resprop":
-                    continue  # refused: the mlp has no conv layer
-                r = run(TrialConfig(**base, **options), twin, data, args.steps, args.check_every, args.lr)
-                dense_ms = dense_ms or r["ms"]
+            chosen = [(name, s, options) for name, s, options in methods(sparsities)
+                      if not (arch == "mlp" and name == "resprop")]  # refused: the mlp has no conv layer
+            results = run_all([TrialConfig(**base, **options) for _, _, options in chosen], data, args.steps,
+                              args.check_every, args.lr)
+            dense_ms = results[0]["ms"]
+            for (name, s, _), r in zip(chosen, results):
                 print(f"{arch:>5} {batch:>6} {name:>15} {s:>5.2f} {r['ms']:>12.2f} {r['ms'] / dense_ms:>8.2f} "
                       f"{r['share']:>13.3f} {r['cos']:>6.3f} {r['acc']:>8.3f}", flush=True)
     sparse_kernel_table(batches, sparsities, args.width_mlp, args.kernel_repeats)
