@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(1)
+# A shell without job control starts background commands with SIGINT ignored, and Python then
+# keeps it ignored; the tests that stop a trial with SIGINT need it to raise KeyboardInterrupt,
+# as it does in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
