@@ -633,10 +633,26 @@ def _print_runs(runs: list[dict[str, Any]], fmt: str, columns: tuple[str, ...] =
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    table = Table(*columns, box=None)
-    for row in rows:
-        table.add_row(*(_fmt(row.get(c)) for c in columns))
-    console.print(table)
+    """Rows in aligned columns, laid out as a rich Table without a box (a space each side of
+    a cell, the header bold) but built as text: rich measures and renders every cell, a
+    second for the 500 runs of a filtered listing at 100,000 runs. Lines longer than the
+    console are cropped, not wrapped."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    if not columns:
+        console.print()
+        return
+    cells = [[_fmt(row.get(c)).replace("\n", " ") for c in columns] for row in rows]
+    widths = [max([cell_len(c), *(cell_len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return " " + "  ".join(v + " " * (w - cell_len(v)) for v, w in zip(values, widths)) + " "
+
+    text = Text(line(columns), style="bold")
+    if cells:
+        text.append("\n" + "\n".join(line(r) for r in cells), style="not bold")
+    console.print(text, no_wrap=True, overflow="crop", crop=True, highlight=False)
 
 
 def _fmt(value: Any) -> str:

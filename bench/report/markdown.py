@@ -171,7 +171,8 @@ def _fixed_and_varying(
     fixed: dict[str, Any] = {}
     varying: dict[str, dict[str, Any]] = {}
     for key, value in base.items():
-        values = frame[key].dropna().map(_plain) if key in frame else pd.Series(dtype=object)
+        values = frame[key].dropna() if key in frame else pd.Series(dtype=object)
+        values = values.map(_plain) if values.dtype == object else values  # only objects can be lists
         if values.empty or (values == _plain(value)).all():
             fixed[key] = value
             continue
@@ -332,12 +333,20 @@ def code_mix(prov: Mapping[str, Any], run_ids: Iterable[str]) -> str | None:
     revisions: Mapping[str, str] = prov.get("run_revision") or {}
     by_key: dict[str, Counter[str]] = {}
     by_revision: Counter[str] = Counter()
-    for run_id in run_ids:
-        if run_id in codes:
-            for key, value in codes[run_id].items():
-                by_key.setdefault(key, Counter())[value] += 1
+    shared: dict[int, list[Any]] = {}  # runs share their fingerprints' dict: each is counted once, times its runs
+    for run_id in run_ids.tolist() if isinstance(run_ids, pd.Series) else run_ids:
+        code = codes.get(run_id)
+        if code is not None:
+            entry = shared.get(id(code))
+            if entry is None:
+                shared[id(code)] = [code, 1]
+            else:
+                entry[1] += 1
         elif run_id in revisions:
             by_revision[revisions[run_id]] += 1
+    for code, runs in shared.values():
+        for key, value in code.items():
+            by_key.setdefault(key, Counter())[value] += runs
     parts = [f"`{key}` " + ", ".join(f"`{v}` ({_runs(n)})" for v, n in counts.most_common())
              for key, counts in by_key.items() if len(counts) > 1]
     if parts:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from bench.errors import BenchError
 from bench.provenance import utcnow
 from bench.grid.tuning import study_trials
 from bench.report.export import to_csv, to_latex
-from bench.report.frame import runs_frame, store_metrics_frame, store_runs_frame
+from bench.report.frame import runs_frame, store_metrics_frame, store_runs_frame, with_outcome
 from bench.report.kinds import SECTIONS
 from bench.report.markdown import build_report, revision, section_runs
 from bench.report.schema import parse_report
@@ -38,9 +38,27 @@ def report_path(spec: StudySpec, reports_dir: str | Path = "reports") -> Path:
     return Path(reports_dir) / f"{name}.md"
 
 
-def _summarize(values: list[str]) -> str:
-    counts = Counter(v for v in values if v)
+def _summarize(values: Iterable[tuple[str, int]]) -> str:
+    """``(text, runs)`` pairs as one line: each text with its number of runs, the most first."""
+    counts: Counter[str] = Counter()
+    for value, runs in values:
+        if value:
+            counts[value] += runs
     return "; ".join(f"{v} ({n} runs)" if len(counts) > 1 else v for v, n in counts.most_common())
+
+
+def _distinct(envs: Iterable[Any]) -> list[tuple[Any, int]]:
+    """Each distinct environment object with its number of runs, in order of first run: a
+    study's runs share a few (the stores hand back one object per distinct environment), so
+    what the footer says of them is worked out once each, not 100,000 times."""
+    counted: dict[int, list[Any]] = {}
+    for env in envs:
+        entry = counted.get(id(env))
+        if entry is None:
+            counted[id(env)] = [env, 1]
+        else:
+            entry[1] += 1
+    return [(env, runs) for env, runs in counted.values()]
 
 
 def _libraries() -> str:
@@ -58,12 +76,17 @@ def code_provenance(runs: list[dict[str, Any]]) -> dict[str, Any]:
     dirty flag with its number of runs), ``run_code`` (run id → code fingerprints) and
     ``run_revision`` (run id → revision, what tells apart runs without fingerprints), from which
     :func:`bench.report.markdown.code_mix` flags a table made by several code versions."""
-    envs = {r["_id"]: r["env"] for r in runs if isinstance(r.get("env"), Mapping) and r["env"]}
-    counts = Counter(revision(env) for env in envs.values())
+    read: dict[int, tuple[str, dict[str, Any] | None]] = {}  # per distinct environment: its revision and fingerprints
+    for env, _ in _distinct(r.get("env") for r in runs):
+        if isinstance(env, Mapping) and env:
+            code = env.get("code")
+            read[id(env)] = (revision(env), dict(code) if isinstance(code, Mapping) and code else None)
+    envs = {r["_id"]: env for r in runs if id(env := r.get("env")) in read}
+    counts = Counter(read[id(env)][0] for env in envs.values())
     return {
         "revisions": ", ".join(f"{label} ({n} run{'s' if n != 1 else ''})" for label, n in counts.most_common()),
-        "run_code": {rid: dict(env["code"]) for rid, env in envs.items() if isinstance(env.get("code"), Mapping) and env["code"]},
-        "run_revision": {rid: revision(env) for rid, env in envs.items() if env.get("git_commit")},
+        "run_code": {rid: read[id(env)][1] for rid, env in envs.items() if read[id(env)][1] is not None},  # shared, read only
+        "run_revision": {rid: read[id(env)][0] for rid, env in envs.items() if env.get("git_commit")},
     }
 
 
@@ -136,11 +159,12 @@ def write_report(
         for s in stepwise:
             wanted.update(section_runs(frame, s.options.get("where"))["run_id"])
         steps = steps_frame(store.find_steps([i for i in ids if i in found and i in wanted]))
-    envs = [r.get("env") or {} for r in runs]
+    none: dict[str, Any] = {}
+    envs = _distinct(r.get("env") or none for r in runs)
     stored_study = store.get_study(spec.key) or {}
     versions = _summarize(
-        [f"bench {e.get('bench')}, torch {e.get('torch')}, torchvision {e.get('torchvision')}"
-         + (f", timm {e['timm']}" if e.get("timm") else "") + f", ray {e.get('ray')}, python {e.get('python')}" for e in envs if e]
+        (f"bench {e.get('bench')}, torch {e.get('torch')}, torchvision {e.get('torchvision')}"
+         + (f", timm {e['timm']}" if e.get("timm") else "") + f", ray {e.get('ray')}, python {e.get('python')}", n) for e, n in envs if e
     )
     sets = " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in spec.overrides.items())
     profile = "" if spec.profile == "default" else f" --profile {spec.profile}"
@@ -155,9 +179,9 @@ def write_report(
         "spec_hash": spec.spec_hash,
         "grid_spec_hash": (grid or {}).get("spec_hash") or stored_study.get("spec_hash"),
         "report_libraries": _libraries(),
-        "devices": _summarize([e.get("device", "") for e in envs]),
+        "devices": _summarize((e.get("device", ""), n) for e, n in envs),
         "versions": versions,
-        "hosts": _summarize([e.get("host", "") for e in envs]),
+        "hosts": _summarize((e.get("host", ""), n) for e, n in envs),
         **code_provenance(runs),
     }
     runs_file = report_path(spec, reports_dir).with_suffix("") / RUNS_FILE
@@ -189,6 +213,14 @@ def write_report(
 def _stored_trials(store: ResultStore, ids: list[str], labelled: Mapping[str, tuple[str, Any]]) -> tuple[list[dict[str, Any]], set[str], Any]:
     """``({_id, env} of the stored trials, their ids, the runs frame)``: trials never started
     still count, as ``pending`` rows after the stored ones ("not run" in their cell)."""
+    if hasattr(store, "runs_frame"):  # one read: the runs, their environments, and the trials not stored
+
+        def pending(found: set[str]) -> list[dict[str, Any]]:
+            return [{"_id": tid, "status": "pending", "config": labelled[tid][1].to_dict()} for tid in ids if tid not in found]
+
+        frame, envs = store.runs_frame(ids=ids, extra=pending, envs=True)
+        runs = [{"_id": run_id, "env": env} if env is not None else {"_id": run_id} for run_id, env in envs]
+        return runs, {r["_id"] for r in runs}, with_outcome(frame)
     for _ in range(3):  # a trial a running grid stores between the two reads: read again
         runs = _run_envs(store, ids)
         found = {r["_id"] for r in runs}

@@ -387,12 +387,18 @@ class MongoStore:
 
     # ------------------------------------------------------------------ frames
 
-    def runs_frame(self, filter: dict | None = None, *, ids: list[str] | None = None, extra: list[dict] = ()) -> Any:
+    def runs_frame(
+        self, filter: dict | None = None, *, ids: list[str] | None = None, extra: Any = (), envs: bool = False
+    ) -> Any:
         """The runs DataFrame of the runs ``find_runs(filter)`` returns (with ``ids``: of the
         runs among them, as :func:`~bench.store.base.runs_by_id` returns them), then of the
-        ``extra`` documents; the server sends only the fields the frame shows."""
-        docs = self._projected(filter, ids, _FRAME_FIELDS, "read runs")
-        return flat.runs_frame_from_docs([*docs, *extra])
+        ``extra`` documents (or a function of the ids found giving them); with ``envs``,
+        ``(frame, [(run id, env), ...])`` from the same read. The server sends only the
+        fields the frame shows (and ``env``)."""
+        docs = self._projected(filter, ids, {**_FRAME_FIELDS, "env": 1} if envs else _FRAME_FIELDS, "read runs")
+        added = extra({doc["_id"] for doc in docs}) if callable(extra) else extra
+        frame = flat.runs_frame_from_docs([*docs, *added])
+        return (frame, [(doc["_id"], doc.get("env")) for doc in docs]) if envs else frame
 
     def run_envs(self, ids: list[str]) -> list[tuple[str, Any]]:
         """``(run id, env)`` of the runs among ``ids``, in :func:`~bench.store.base.runs_by_id`'s order."""

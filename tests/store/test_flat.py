@@ -9,8 +9,10 @@ store's flat rows must follow every write path.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from bench.store.flat import runs_frame_from_docs as runs_frame  # the store's f
 from bench.store import EmbeddedStore, ResultStore
 from bench.store.base import runs_by_id
 from bench.store.embedded import FILE_VERSION
+from bench.store.flat import FLAT_VERSION, merge_block, pack_block, unpack_block
 from bench.store.status import requeue
 from bench.store.transfer import copy_store, export_jsonl, import_jsonl
 
@@ -106,14 +109,45 @@ def test_load_results_is_unchanged(store: ResultStore) -> None:
     equal(load_results("s1", {"config.norm": "bn"}, store=store), load_results("s1", {"config.norm": "bn"}, store=DocumentsOnly(store)))
 
 
+def test_a_study_store_reads_as_its_documents(tmp_path: Path) -> None:
+    """A store filled as a grid fills it (benchmarks/store_scale.py: every config field of
+    every trial, most at their defaults, kept in the row shapes; 3 epochs per run, some
+    written again one at a time with fewer fields; steps): its frames are those built
+    from its documents, on both backends' paths."""
+    import importlib.util
+    import random
+
+    from bench.spec import load_spec
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "store_scale.py"
+    module_spec = importlib.util.spec_from_file_location("store_scale", script)
+    scale = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(scale)
+    spec_path = tmp_path / "scale.yaml"
+    spec_path.write_text(scale.SPEC.format(epochs=3, norms=["bn", "gn"], batches=[8, 32], lrs=[0.05, 0.1], seeds=[0, 1, 2]))
+    trials = load_spec(str(spec_path)).expand()
+    with EmbeddedStore(tmp_path / "scale.sqlite") as store:
+        scale.fill(store, trials, 3, 2, random.Random(0))
+        for metrics in (False, True):
+            equal(load_results("scale", store=store, metrics=metrics), load_results("scale", store=DocumentsOnly(store), metrics=metrics))
+        ids = [t.trial_id for t in trials]
+        equal(store.runs_frame(ids=ids[::-1]), runs_frame(runs_by_id(store, ids[::-1])))
+        conn = store._connection()
+        assert conn.execute("SELECT max(length(nums)) FROM runs_flat").fetchone()[0] < 400  # defaults live in the shapes
+
+
 # --------------------------------------------------------------------------- embedded: flat rows follow every write
 
 
 def consistent(store: EmbeddedStore) -> None:
     """The flat rows decode to the frames of the documents, and there is one per document."""
     conn = store._connection()
-    for table, flat in (("runs", "runs_flat"), ("metrics", "metrics_flat")):
-        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == conn.execute(f"SELECT count(*) FROM {flat}").fetchone()
+    assert conn.execute("SELECT count(*) FROM runs").fetchone() == conn.execute("SELECT count(*) FROM runs_flat").fetchone()
+    epochs = {}  # run → its epochs, as its block holds them
+    for run_id, block in conn.execute("SELECT run_id, epochs FROM metrics_flat"):
+        epochs[run_id] = list(struct.unpack(f"<{len(block) // 8}q", block))
+    assert epochs == {run_id: [e for _, e in rows] for run_id, rows in
+                      itertools.groupby(conn.execute("SELECT run_id, epoch FROM metrics ORDER BY run_id, epoch"), key=lambda r: r[0])}
     assert conn.execute("SELECT count(*) FROM runs JOIN runs_flat f ON f.id = runs.id AND f.seq = runs.rowid").fetchone()[0] == \
         conn.execute("SELECT count(*) FROM runs").fetchone()[0]
     studies = {(study, seq) for seq, doc in conn.execute("SELECT rowid, doc FROM runs")
@@ -241,11 +275,81 @@ def test_the_flat_tables_hold_numbers_and_interned_texts(embedded: EmbeddedStore
     assert all(isinstance(shape, list) for shape in shapes)
 
 
-def test_metrics_read_row_by_row_equal_the_aggregated_read(embedded: EmbeddedStore) -> None:
+def test_a_file_with_flat_rows_of_version_3_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A store written by bench with a metrics row per document (data/flat-v3.sql) gathers
+    them into blocks when opened for writing, and reads the same as from its documents."""
+    path = tmp_path / "v3.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript((Path(__file__).parent / "data" / "flat-v3.sql").read_text())
+    conn.close()
+    with EmbeddedStore(path, read_only=True) as reader:  # not upgraded by a reader: its documents are read
+        assert not reader._flat
+        check_frames(reader)
+        before = (reader.runs_frame(), reader.find_runs(), reader.find_metrics(["a1", "a2", "a3"]), reader.find_steps(["a1"]))
+    with EmbeddedStore(path) as store:
+        assert store._flat
+        consistent(store)
+        equal(store.runs_frame(), before[0])
+        assert (store.find_runs(), store.find_metrics(["a1", "a2", "a3"]), store.find_steps(["a1"])) == before[1:]
+        assert store.get_study("s1") == {"_id": "s1", "spec_hash": "abc"}
+        store.upsert_metrics([{"run_id": "a1", "epoch": 3, "val_acc": 0.7}])  # written into the gathered block
+        consistent(store)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'flat_version'").fetchone()[0] == FLAT_VERSION
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics_flat_rows'").fetchone()[0] == 0
+    conn.close()
+
+
+def test_blocks_take_epochs_in_any_order(embedded: EmbeddedStore) -> None:
+    """A trial's next epoch is appended to its run's block; an epoch written again, or
+    before the last, is merged into it; rows of other shapes and with JSON values too."""
+    writes = [
+        [{"run_id": "r", "epoch": 3, "val_acc": 0.3}],
+        [{"run_id": "r", "epoch": 1, "val_acc": 0.1, "hist": [1, 2]}],
+        [{"run_id": "r", "epoch": 5, "val_acc": 0.5, "note": "late"}, {"run_id": "s", "epoch": 1, "val_acc": 1}],
+        [{"run_id": "r", "epoch": 6, "val_acc": 0.6, "hist": [3]}, {"run_id": "r", "epoch": 7, "val_acc": 0.7}],
+        [{"run_id": "r", "epoch": 3, "val_acc": 0.35, "hist": {"a": 1}}],  # replaces epoch 3
+        [{"run_id": "r", "epoch": 2, "val_acc": 0.2}, {"run_id": "r", "epoch": 8, "val_acc": None}],
+    ]
+    for docs in writes:
+        embedded.upsert_metrics(docs)
+        equal(embedded.metrics_frame(["r", "s"]), metrics_frame(embedded.find_metrics(["r", "s"])))
+    consistent(embedded)
+    frame = embedded.metrics_frame(["r"])
+    assert frame["epoch"].tolist() == [1, 2, 3, 5, 6, 7, 8]
+    hist = frame["hist"].tolist()
+    assert (hist[0], hist[2], hist[4]) == ([1, 2], {"a": 1}, [3]) and frame["note"].tolist()[3] == "late"
+
+
+def test_merge_block_appends_or_merges() -> None:
+    rows = [(1, 7, b"a" * 8, None), (2, 7, b"b" * 8, '["x"]')]
+    block = merge_block(None, rows, {}.get)
+    assert unpack_block(block, {7: 1}) == rows
+    appended = merge_block(block, [(4, 8, b"c" * 16, '[{"k":1}]')], lambda shapes: pytest.fail("an append decodes nothing"))
+    assert appended == pack_block([*rows, (4, 8, b"c" * 16, '[{"k":1}]')])
+    merged = merge_block(appended, [(2, 7, b"d" * 8, None), (3, 7, b"e" * 8, None)], lambda shapes: {7: 1, 8: 2})
+    assert unpack_block(merged, {7: 1, 8: 2}) == [(1, 7, b"a" * 8, None), (2, 7, b"d" * 8, None), (3, 7, b"e" * 8, None),
+                                                  (4, 8, b"c" * 16, '[{"k":1}]')]
+
+
+def test_a_scan_reads_the_runs_of_many_ids_in_the_order_of_their_chunks(embedded: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _SCAN_IDS ids making up a large part of the table, the runs are read in one pass
+    and put in runs_by_id's order: by chunk of ID_CHUNK ids, then as stored."""
+    import bench.store.base as base
+    import bench.store.embedded as module
+
     fill(embedded)
     every = [r["_id"] for r in embedded.find_runs()]
-    equal(embedded._metrics_frame_by_rows(every), embedded.metrics_frame(every))
-    equal(embedded._metrics_frame_by_rows(every), metrics_frame(embedded.find_metrics(every)))
+    monkeypatch.setattr(module, "ID_CHUNK", 2)
+    monkeypatch.setattr(base, "ID_CHUNK", 2)
+    orders = [every, every[::-1], ["b3", "a1", "zz", "a2", "b1"], ["a1", "a1", "b3", "a1"], ["a2", "x", "a3"] * 2]
+    expected = [embedded._flat_runs("read", "id, shape, env", None, ids) for ids in orders]
+    monkeypatch.setattr(module, "_SCAN_IDS", 1)
+    scanned = [embedded._flat_runs("read", "id, shape, env", None, ids) for ids in orders]
+    assert scanned == expected
+    assert [row[0] for row in scanned[2]] == ["a1", "b3", "a2", "b1"]  # chunks (b3 a1) (zz a2) (b1): as stored within each
+    for ids in orders:
+        equal(embedded.runs_frame(ids=ids), runs_frame(runs_by_id(embedded, ids)))
 
 
 def test_frames_can_be_changed(embedded: EmbeddedStore) -> None:

@@ -11,10 +11,11 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "store_scale.py"
 
 
+@pytest.mark.parametrize("clock", [[], ["--cpu"]], ids=["wall clock", "cpu"])
 def test_store_scale_benchmark_runs_and_prints_its_figures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], clock: list[str]
 ) -> None:
-    argv = [str(SCRIPT), "--runs", "200", "--epochs", "2", "--step-runs", "3", "--repeat", "1", "--dir", str(tmp_path)]
+    argv = [str(SCRIPT), "--runs", "200", "--epochs", "2", "--step-runs", "3", "--repeat", "1", "--dir", str(tmp_path), *clock]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out = capsys.readouterr().out
@@ -22,3 +23,4 @@ def test_store_scale_benchmark_runs_and_prints_its_figures(
                    "report (s)"):
         assert figure in out, figure
     assert (tmp_path / "reports-200" / "scale.md").is_file()
+    assert ("figures by run count (CPU seconds for the timings)" in out) == bool(clock)
