@@ -633,26 +633,30 @@ def _print_runs(runs: list[dict[str, Any]], fmt: str, columns: tuple[str, ...] =
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Rows in aligned columns, laid out as a rich Table without a box (a space each side of
-    a cell, the header bold) but built as text: rich measures and renders every cell, a
-    second for the 500 runs of a filtered listing at 100,000 runs. Lines longer than the
-    console are cropped, not wrapped."""
+    """Rows in aligned columns: a rich Table without a box (a space each side of a cell, the
+    header bold). When it fits the console, the same lines are written as text instead of
+    through the Table, which measures and renders every cell: a second for the 500 runs of
+    a filtered listing at 100,000 runs, 20 ms as text."""
     from rich.cells import cell_len
     from rich.text import Text
 
-    if not columns:
-        console.print()
-        return
-    cells = [[_fmt(row.get(c)).replace("\n", " ") for c in columns] for row in rows]
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
     widths = [max([cell_len(c), *(cell_len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    if not columns or sum(widths) + 2 * len(widths) > console.width or any("\n" in v for r in cells for v in r):
+        table = Table(*columns, box=None)  # too wide (the Table shares the width out) or a cell of several lines
+        for r in cells:
+            table.add_row(*r)
+        console.print(table)
+        return
 
     def line(values: list[str]) -> str:
         return " " + "  ".join(v + " " * (w - cell_len(v)) for v, w in zip(values, widths)) + " "
 
-    text = Text(line(columns), style="bold")
+    text = Text()
+    text.append(line(columns), style="bold")
     if cells:
-        text.append("\n" + "\n".join(line(r) for r in cells), style="not bold")
-    console.print(text, no_wrap=True, overflow="crop", crop=True, highlight=False)
+        text.append("\n" + "\n".join(line(r) for r in cells))
+    console.print(text, no_wrap=True, highlight=False)
 
 
 def _fmt(value: Any) -> str:

@@ -143,8 +143,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _uniform(column: pd.Series) -> bool:
-    """Whether a numeric or text column holds one value (not missing) in every row: a
-    comparison, cheaper than coding it."""
+    """Whether a column holds one value in every row (a number or a text, or None in an
+    object column; never a missing one): a comparison, cheaper than coding it."""
     import pandas as pd
 
     if len(column) == 0:

@@ -211,6 +211,7 @@ class EmbeddedStore:
         self._pid = os.getpid()
         self._flat = False  # whether the file keeps flat rows (set when it is opened)
         self._shapes: dict[int, list[tuple[str, str]]] = {}  # flat_shapes, as read so far
+        self._widths: dict[int, int] = {}  # their words per row, of shapes committed (ids never change)
         self._conn = self._connect()
 
     # ------------------------------------------------------------------ connection
@@ -751,7 +752,7 @@ class EmbeddedStore:
             "ON CONFLICT (run_id, epoch) DO UPDATE SET doc = excluded.doc",
             ((run_id, epoch, dumps(doc)) for run_id, epoch, doc in args["rows"]),
         )
-        _put_metrics_flat(conn, ((run_id, epoch, doc) for run_id, epoch, doc in args["rows"]))
+        _put_metrics_flat(conn, ((run_id, epoch, doc) for run_id, epoch, doc in args["rows"]), widths=self._widths)
 
     def get_metrics(self, run_id: str) -> list[dict]:
         rows = self._query(
@@ -955,9 +956,11 @@ def _put_run_flat(
 
 
 def _put_metrics_flat(
-    conn: sqlite3.Connection, rows: Iterator[tuple[str, int, dict[str, Any]]], interned: tuple[_Interned, _Interned] | None = None
+    conn: sqlite3.Connection, rows: Iterator[tuple[str, int, dict[str, Any]]], interned: tuple[_Interned, _Interned] | None = None,
+    widths: dict[int, int] | None = None,
 ) -> None:
-    """The metrics documents just written (by run, then epoch), into their runs' blocks."""
+    """The metrics documents just written (by run, then epoch), into their runs' blocks;
+    ``widths``: words per row of shapes read so far (of blocks stored before this write)."""
     shape_id, text_id = interned or _interned(conn)
     by_run: dict[str, list[flat.EpochRow]] = {}
     for run_id, epoch, doc in rows:
@@ -967,7 +970,7 @@ def _put_metrics_flat(
         if _append(conn, run_id, added):
             continue
         found = conn.execute("SELECT epochs, shapes, nums, texts FROM metrics_flat WHERE run_id = ?", (run_id,)).fetchone()
-        block = flat.merge_block(flat.Block(*found) if found else None, added, lambda shapes: _widths(conn, shapes))
+        block = flat.merge_block(flat.Block(*found) if found else None, added, lambda shapes: _widths(conn, shapes, widths))
         _put_block(conn, run_id, block)
 
 
@@ -998,13 +1001,15 @@ def _put_block(conn: sqlite3.Connection, run_id: str, block: flat.Block) -> None
     )
 
 
-def _widths(conn: sqlite3.Connection, shapes: set[int]) -> dict[int, int]:
-    """Shape id → the 8-byte words of its rows' nums."""
-    widths = {}
-    for chunk in chunked(sorted(shapes), _IN_CHUNK):
+def _widths(conn: sqlite3.Connection, shapes: set[int], known: dict[int, int] | None = None) -> dict[int, int]:
+    """Shape id → the 8-byte words of its rows' nums, from ``known`` (then added to it) or
+    the table of shapes. Only shapes of stored blocks are asked for: committed before this
+    write, so a rolled-back id (which SQLite may give again) is never kept."""
+    known = {} if known is None else known
+    for chunk in chunked(sorted(shapes - known.keys()), _IN_CHUNK):
         for shape, spec in conn.execute(f"SELECT id, spec FROM flat_shapes WHERE id IN ({', '.join('?' * len(chunk))})", chunk):
-            widths[shape] = flat.width(json.loads(spec))
-    return widths
+            known[shape] = flat.width(json.loads(spec))
+    return known
 
 
 def _rebuild_flat(conn: sqlite3.Connection, location: str, metrics_rows: bool = False) -> None:

@@ -40,6 +40,7 @@ their flat rows from the documents when they open.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -255,16 +256,19 @@ def pack_block(rows: Sequence[EpochRow]) -> Block:
 def unpack_block(block: Block, widths: Mapping[int, int]) -> list[EpochRow]:
     """The rows of a block; ``widths``: shape id → its number of 8-byte words."""
     count = len(block.epochs) // 8
-    epochs = struct.unpack(f"<{count}q", block.epochs)
-    shapes = struct.unpack(f"<{count}q", block.shapes)
-    texts = {epoch: text for epoch, text in json.loads(block.texts)} if block.texts else {}
-    rows: list[EpochRow] = []
-    at = 0
-    for epoch, shape in zip(epochs, shapes):
-        size = 8 * widths[shape]
-        rows.append((epoch, shape, block.nums[at : at + size], texts.get(epoch)))
-        at += size
-    return rows
+    layout = f"<{count}q"
+    epochs, shapes = struct.unpack(layout, block.epochs), struct.unpack(layout, block.shapes)
+    sizes = {shape: 8 * widths[shape] for shape in set(shapes)}
+    if len(sizes) == 1:  # one shape: rows of one size
+        size = next(iter(sizes.values()))
+        ends = list(range(size, size * count + 1, size)) if size else [0] * count
+    else:
+        ends = list(itertools.accumulate(sizes[shape] for shape in shapes))
+    nums = block.nums
+    if not block.texts:
+        return [(e, s, nums[a:b], None) for e, s, a, b in zip(epochs, shapes, [0, *ends], ends)]
+    texts = dict(json.loads(block.texts))
+    return [(e, s, nums[a:b], texts.get(e)) for e, s, a, b in zip(epochs, shapes, [0, *ends], ends)]
 
 
 def merge_block(block: Block | None, rows: Sequence[EpochRow], widths_of: Callable[[set[int]], Mapping[int, int]]) -> Block:
