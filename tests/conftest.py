@@ -8,11 +8,6 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(1)
-# A shell without job control starts background commands with SIGINT ignored, and Python then
-# keeps it ignored; the tests that stop a trial with SIGINT need it to raise KeyboardInterrupt,
-# as it does in a terminal.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +20,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_JOURNAL_DIR", str(tmp_path / "journal"))
     monkeypatch.setenv("BENCH_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     torch.manual_seed(0)
+    # Every test starts with Ctrl-C raising KeyboardInterrupt, as in a terminal: a shell without
+    # job control starts background commands with SIGINT ignored, and Ray Tune's driver leaves
+    # its own handler installed after some runs (the next SIGINT only restores the previous one).
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -3,6 +3,8 @@ address, claims, and the callback that forwards trial events to the store."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import bench.grid.ray_executor as adapter
@@ -59,6 +61,16 @@ def test_a_local_runtime_checks_no_nodes(no_ray, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     adapter.run_with_tune([TrialConfig(dataset="synthetic")], Recorder(NullStore(), "s", 1), GridOptions())
     assert no_ray["address"] is None and "nodes" not in no_ray
+
+
+def test_ctrl_c_raises_again_after_the_grid(no_ray, monkeypatch):
+    """Tune leaves its SIGINT handler installed after a run; the adapter puts the caller's back."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(FakeTuner, "fit", lambda self: signal.signal(signal.SIGINT, lambda *a: None))
+    adapter.run_with_tune([TrialConfig(dataset="synthetic")], Recorder(NullStore(), "s", 1), GridOptions())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
 
 
 def test_ray_storage_is_bench_ray_dir_absolute_or_a_uri(monkeypatch, tmp_path):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -242,6 +244,10 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
     }
 
     started = connect(options.address, runtime_env=_runtime_env())
+    # Tune installs its own SIGINT handler (stop the experiment gracefully) and leaves it in
+    # place when the run ends; a caller in the same process would have its next Ctrl-C swallowed.
+    main = threading.current_thread() is threading.main_thread()
+    interrupt = signal.getsignal(signal.SIGINT) if main else None
     try:
         if options.address or os.environ.get("RAY_ADDRESS"):  # a cluster: what every node must see
             check_nodes_have_data(sorted({c.dataset for c in todo}), _absolute(options.data_dir))
@@ -269,6 +275,8 @@ def run_with_tune(todo: list[TrialConfig], recorder: Recorder, options: GridOpti
         )
         tuner.fit()
     finally:
+        if main and interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
         if started:
             ray.shutdown()
 
