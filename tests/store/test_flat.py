@@ -76,6 +76,11 @@ def check_frames(store: ResultStore) -> None:
         extra = [{"_id": "p1", "status": "pending", "config": {"norm": "gn", "batch_size": 1, "lr_milestones": [1]}}]
         equal(store.runs_frame(ids=ids, extra=extra), runs_frame([*runs_by_id(store, ids), *extra]))
         assert store.run_envs(ids) == [(r["_id"], r.get("env")) for r in runs_by_id(store, ids)]
+        # one read: the frame with the trials not found, and the environments of those found
+        found: list[set[str]] = []
+        frame, envs = store.runs_frame(ids=[*ids, "p1"], extra=lambda stored: found.append(stored) or extra, envs=True)
+        equal(frame, runs_frame([*runs_by_id(store, [*ids, "p1"]), *extra]))
+        assert envs == store.run_envs(ids) and found == [{r["_id"] for r in runs_by_id(store, ids)}]
 
 
 def test_frames_equal_the_frames_built_from_documents(store: ResultStore) -> None:
