@@ -14,7 +14,8 @@ differences between them read in percentage points. Times are seconds of
 ``time.perf_counter``; memory is in MiB (2²⁰ bytes, labelled MB). Some run metrics exist
 only for some runs: the ``diverged_*`` ones for diverged runs, the stability ones
 (``needs_steps``) for runs with ``log_steps: true``, the EMA model's (``needs_ema``) for runs
-with ``ema_decay`` > 0 (:mod:`bench.trial.ema`).
+with ``ema_decay`` > 0 (:mod:`bench.trial.ema`), the inference form's (``needs_deploy``) for
+completed runs of an architecture that deploys another network (:mod:`bench.trial.deploy`).
 
 Not metrics: the summary's ``device`` (text, in :data:`SUMMARY_FIELDS`: queryable, not
 tabulated), and what the ``time-to-accuracy`` section computes (epoch, optimizer steps and
@@ -50,6 +51,7 @@ class Metric:
     derived: bool = False  # also stored under the run's ``derived`` when the trial is registered
     needs_steps: bool = False  # computed from the per-step records (``log_steps: true``)
     needs_ema: bool = False  # the EMA model's, recorded by runs with one (``ema_decay`` > 0)
+    needs_deploy: bool = False  # the inference form's, recorded by runs of an architecture with one (bench/trial/deploy.py)
 
     def title(self) -> str:
         return self.label[0].upper() + self.label[1:]
@@ -91,6 +93,15 @@ METRICS: tuple[Metric, ...] = (
            definition="the EMA model's highest validation accuracy over the completed epochs"),
     Metric("final_ema_val_loss", "final EMA validation loss", **_LOSS, **_EMA,
            definition="the EMA model's mean cross-entropy on the validation split after the last completed epoch"),
+    # -- run: the inference form's (architectures that deploy another network; see bench/trial/deploy.py)
+    Metric("deployed_val_acc", "deployed validation accuracy (%)", **_ACC, needs_deploy=True,
+           definition="top-1 accuracy on the validation split of the architecture's inference form (RepVGG: "
+                      "branches fused) built from the final weights"),
+    Metric("deployed_val_loss", "deployed validation loss", **_LOSS, needs_deploy=True,
+           definition="the inference form's mean cross-entropy on the validation split"),
+    Metric("deployed_logit_error", "deployed logit error", higher_is_better=False, digits=7, needs_deploy=True,
+           definition="largest absolute difference of the inference form's and the trained network's validation "
+                      "logits, relative to the largest logit magnitude (the same function: rounding only)"),
     # -- run: cost
     Metric("samples_per_s", "training throughput (samples/s)", unit="samples/s", digits=0,
            definition="training examples per second of training time, over all completed epochs"),

@@ -309,3 +309,32 @@ def test_builder_defaults_are_the_config_defaults_and_options_enter_the_id():
     preflight(TrialConfig(dataset="fashion-mnist", arch="repvgg", norm="gn", batch_size=8))
     with pytest.raises(ConfigError, match="depth=8"):
         preflight(TrialConfig(dataset="fashion-mnist", arch="repvgg", depth=8, batch_size=8))
+
+
+def _tiny_trial(**kw):
+    from bench.trial import run_trial
+
+    config = TrialConfig(dataset="synthetic", arch="repvgg", width=4, epochs=1, batch_size=32, lr=0.05, **kw)
+    result = run_trial(config, device="cpu")
+    assert result.status == "completed", result.error
+    return result
+
+
+def test_a_trial_evaluates_the_fused_network_beside_the_trained_one():
+    """The paper's claim, checked on every run's own weights: the fused network scores as the trained one."""
+    summary = _tiny_trial().summary
+    assert summary["deployed_val_acc"] == summary["final_val_acc"]
+    assert summary["deployed_val_loss"] == pytest.approx(summary["final_val_loss"], rel=1e-5)
+    assert 0 <= summary["deployed_logit_error"] < 1e-4  # float32 rounding, not a folding error
+
+
+def test_a_trial_whose_network_cannot_fuse_records_no_deployed_metrics_and_other_archs_none():
+    from bench.metrics import RUN_METRICS
+
+    deployed = {name for name, m in RUN_METRICS.items() if m.needs_deploy}
+    assert deployed == {"deployed_val_acc", "deployed_val_loss", "deployed_logit_error"}
+    assert not deployed & set(_tiny_trial(norm="gn", norm_groups=1).summary)
+    from bench.trial import run_trial
+
+    plain = run_trial(TrialConfig(dataset="synthetic", arch="cnn", width=4, epochs=1, batch_size=32), device="cpu")
+    assert plain.status == "completed" and not deployed & set(plain.summary)

@@ -47,6 +47,7 @@ from bench.trial.build import (
     steps_per_epoch,
 )
 from bench.trial.checkpoint import Checkpoints, Position, deferred_signals, mismatch, restore, snapshot
+from bench.trial.deploy import deployed_metrics
 from bench.trial.ema import build_ema
 from bench.trial.spikes import StabilityParams
 from bench.trial.steplog import SUMMARY_KEYS, StepLog, StepReport, grad_norm as gradient_norm
@@ -321,6 +322,10 @@ def _train(
                 signals.deliver()
     result.status = "completed"
     summary.update(_final(result.epochs, pos.best_val, pos.step, pos.train_seconds, device))
+    with precision:
+        summary.update(declared_summary(
+            deployed_metrics(config, model, data.val_x, data.val_y, evaluate, channels_last=config.channels_last)
+        ))
     _close_steplog(steplog, config, summary)
     _finish(checkpoints, model, result)
 

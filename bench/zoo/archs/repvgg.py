@@ -232,6 +232,7 @@ def stage_widths(width: int, a: float, b: float) -> tuple[int, ...]:
     "b = repvgg_b (A0: 0.75, 2.5), default width 32; stage 0 at stride 1 for small images.",
     paper="Ding et al. 2021, arXiv:2101.03697 (CVPR 2021)",
     options=(REPVGG_A, REPVGG_B),
+    info={"deploy": "deploy"},  # a trial evaluates the fused network too (bench/trial/deploy.py)
 )
 def build_repvgg(
     *,
