@@ -326,13 +326,14 @@ class TrialConfig:
     def replace(self, **changes: Any) -> TrialConfig:
         return from_mapping({**self.to_dict(), **changes})
 
-    def with_seed(self, seed: Any, canonical: Mapping[str, Any] | None = None) -> TrialConfig:
-        """This config with another seed. Only the seed is checked: no other field's check
-        reads it, so a study's seeds cost one validation per configuration, not per trial
-        (validating every field of 100,000 trials takes seconds). Given this config's
-        :meth:`canonical`, the copy's id is derived from it (the seed is always read)."""
+    def with_seed(self, seed: Any, canonical: Mapping[str, Any] | None = None, *, checked: bool = False) -> TrialConfig:
+        """This config with another seed. Only the seed is checked (``checked``: it was
+        already, by ``OPTIONS["seed"].coerce``): no other field's check reads it, so a study's
+        seeds cost one validation per configuration, not per trial (validating every field of
+        100,000 trials takes seconds). Given this config's :meth:`canonical`, the copy's id is
+        derived from it (the seed is always read)."""
         values = dict(object.__getattribute__(self, "_values"))
-        values["seed"] = OPTIONS["seed"].coerce(seed)
+        values["seed"] = seed if checked else OPTIONS["seed"].coerce(seed)
         copy = _restore(values)
         if canonical is not None:
             object.__setattr__(copy, "_id", _seeded_id(canonical, values["seed"]))
@@ -366,7 +367,8 @@ def _seeded_id(canonical: Mapping[str, Any], seed: int) -> str:
         split = _SEEDED[0] = (canonical, _id_of(rest), head + '"seed":', tail)
     if seed == DEFAULTS["seed"]:
         return split[1]
-    return _hashed(split[2] + json.dumps(_jsonable(seed)) + split[3])
+    text = str(seed) if type(seed) is int else json.dumps(_jsonable(seed))  # an int's JSON is its str
+    return _hashed(split[2] + text + split[3])
 
 
 def _restore(values: dict[str, Any]) -> TrialConfig:

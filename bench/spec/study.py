@@ -100,6 +100,7 @@ class StudySpec:
         zip_names = list(self.zip)
         zipped = list(zip(*self.zip.values())) if self.zip else [()]
         variants = self.variants or {"": {}}
+        seeds = [OPTIONS["seed"].coerce(seed) for seed in self.seeds]  # checked once, not per configuration
         out: list[tuple[str, TrialConfig]] = []
         for name, variant in variants.items():
             fixed = {k: v for k, v in variant.items() if not is_sweep(k, v)}
@@ -114,7 +115,10 @@ class StudySpec:
                         where = f"study {self.key!r}" + (f", variant {name!r}" if name else "")
                         first = _with_context(values, where)  # validated once; the other seeds copy it
                         canonical = first.canonical() if len(self.seeds) > 1 else None
-                        out += [(name, first if i == 0 else first.with_seed(seed, canonical)) for i, seed in enumerate(self.seeds)]
+                        out += [
+                            (name, first if i == 0 else first.with_seed(seed, canonical, checked=True))
+                            for i, seed in enumerate(seeds)
+                        ]
         return out
 
     def to_dict(self) -> dict[str, Any]:

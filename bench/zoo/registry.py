@@ -111,19 +111,21 @@ class Option:
         return value
 
     def _typed(self, value: Any) -> Any:
-        bad = ConfigError(f"{self.name} must be {self.type_name}; got {value!r}.")
+        def bad() -> ConfigError:  # built only when raised: a study's expansion checks every value it sets
+            return ConfigError(f"{self.name} must be {self.type_name}; got {value!r}.")
+
         if self.type is int:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-                raise bad
+                raise bad()
             return int(value)
         if self.type is float:
             if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
                 try:
                     value = float(value)
                 except ValueError:
-                    raise bad from None
+                    raise bad() from None
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad
+                raise bad()
             return float(value)
         if self.type is tuple:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -131,10 +133,10 @@ class Option:
             if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
             ):
-                raise bad
+                raise bad()
             return tuple(float(v) for v in value)
         if not isinstance(value, self.type):
-            raise bad
+            raise bad()
         return value
 
     def _violation(self, value: Any) -> str:
