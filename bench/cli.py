@@ -339,9 +339,9 @@ def grid(
         outcome = run_study(
             spec, store, options, stale_after=stale_after, keep_old=keep_old_results,
             progress_factory=_round_display(store, executor), report_dir=reports_dir if report else None,
-            command=_grid_command(),
+            command=_grid_command(ctx),
         )
-    _print_outcome(outcome, _grid_command() or f"bench grid {study}")
+    _print_outcome(outcome, _grid_command(ctx) or f"bench grid {study}")
 
 
 def _check_grid_flags(
@@ -363,9 +363,17 @@ def _check_grid_flags(
         )
 
 
-def _grid_command() -> str | None:
-    """The command line that ran this grid, saved with the study (None outside ``bench grid``)."""
-    return "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["grid"] else None
+def _grid_command(ctx: typer.Context) -> str | None:
+    """The command line that ran this grid, saved with the study: ``bench`` and the process's
+    arguments when they are a ``bench grid`` command, global options before ``grid``
+    included (None when ``bench grid`` was not what this process was started with, as
+    under a test runner)."""
+    args = sys.argv[1:]
+    valued = {name for p in ctx.find_root().command.params if not getattr(p, "is_flag", True) for name in p.opts}
+    at = 0
+    while at < len(args) and args[at].startswith("-"):  # the root's options, before the command's name
+        at += 2 if args[at] in valued else 1
+    return "bench " + " ".join(shlex.quote(a) for a in args) if args[at : at + 1] == ["grid"] else None
 
 
 def _round_display(store: ResultStore, executor: str) -> Callable[[GridPlan, str], _GridProgress]:

@@ -277,3 +277,18 @@ def test_zoo_plots_schedules(tmp_path):
     assert unknown.exit_code == 1 and "Valid schedule names" in unknown.output
     wrong_kind = invoke("zoo", "norms", "--plot", "sgdr")
     assert wrong_kind.exit_code == 1 and "bench zoo schedules --plot" in wrong_kind.output
+
+
+@pytest.mark.parametrize("before", [(), ("--store", "{store}"), ("--store={store}", "--plugin", "{plugin}")], ids=["plain", "store", "store+plugin"])
+def test_the_grid_records_its_command_line_with_the_options_before_grid(before, spec, tmp_path, monkeypatch):
+    plugin = tmp_path / "noplugin.py"
+    plugin.write_text("")  # a plugin that registers nothing
+    store = tmp_path / "elsewhere.sqlite"
+    args = [a.format(store=store, plugin=plugin) for a in before]
+    args += ["grid", str(spec), "--profile", "quick", "--executor", "local", "--no-report"]
+    monkeypatch.setattr(sys, "argv", ["bench", *args])
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    stored = open_store(str(store) if before else None)
+    command = stored.get_study("tiny@quick")["grids"][-1]["command"]
+    assert command == "bench " + " ".join(args)

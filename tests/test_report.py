@@ -393,3 +393,13 @@ def test_a_value_repeated_in_a_zip_list_keeps_its_first_place():
     cells = pd.DataFrame({"augment": ["mixup", "none", "none"], "label_smoothing": [0.0, 0.1, 0.0]})
     ordered_cells = sort_cells(cells, ["augment", "label_smoothing"], study)
     assert list(ordered_cells.itertuples(index=False, name=None)) == [("none", 0.0), ("none", 0.1), ("mixup", 0.0)]
+
+
+def test_set_up_lines_read_fixed_and_varying_values_from_the_runs():
+    """A base value a variant overrides is listed per variant, an integer as an integer even
+    when another variant's null makes pandas hold the column as floats."""
+    from bench.report.markdown import _fixed_and_varying
+
+    frame = pd.DataFrame({"variant": ["a", "b", "c"], "depth": [8.0, 22.0, None], "lr": [0.1, 0.1, 0.1]})
+    fixed, varying = _fixed_and_varying({"depth": 8, "lr": 0.1}, frame, {"a": {}, "b": {}, "c": {}})
+    assert fixed == {"lr": 0.1} and varying == {"depth": {"a": "8", "b": "22"}}

@@ -179,12 +179,20 @@ def _fixed_and_varying(
         if "variant" in frame and variants:
             rows = frame[frame[key].notna()]
             varying[key] = {
-                str(name): ", ".join(str(v) for v in dict.fromkeys(part[key].map(_plain)))
+                str(name): ", ".join(_as_base(v, value) for v in dict.fromkeys(part[key].map(_plain)))
                 for name, part in rows.groupby("variant", sort=False)
             }
         else:
-            varying[key] = {"trials": ", ".join(str(v) for v in dict.fromkeys(values))}
+            varying[key] = {"trials": ", ".join(_as_base(v, value) for v in dict.fromkeys(values))}
     return fixed, varying
+
+
+def _as_base(value: Any, base: Any) -> str:
+    """A trial's value as text, an integer field as an integer (pandas holds a column of
+    integers with a missing value, a variant's null, as floats)."""
+    if isinstance(base, int) and not isinstance(base, bool) and isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _plain(value: Any) -> Any:
