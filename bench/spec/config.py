@@ -112,6 +112,21 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
     Option("ema_norm", str, "eman", "the EMA model's normalization statistics: eman (EMAs of the student's, Cai et al. "
            "2021), copy (the student's), recompute (BatchNorm's re-estimated on training batches before evaluation)",
            choices=EMA_NORMS, when="ema_decay"),
+    # adversarial feature augmentation and normalization in the training step (bench/trial/afan.py)
+    Option("afan", bool, False, "A-FAN (Chen et al. 2022, arXiv:2103.12171): each step also trains on the output of a "
+           "stage perturbed by PGD on the loss, with the clean feature's moments exchanged for the perturbed one's "
+           "(arch resnet or cnn)", modules=("bench.trial.afan",)),
+    Option("afan_stage", int, 1, "A-FAN: the stage whose output is perturbed (the authors': 1, after ResNet-56's first "
+           "stage)", ge=1, when="afan"),
+    Option("afan_steps", int, 5, "A-FAN: PGD steps T (the authors' 5)", ge=1, when="afan"),
+    Option("afan_step_size", float, 0.5, "A-FAN: PGD step γ (the authors' 0.5/255)", unit="1/255", gt=0, when="afan"),
+    Option("afan_eps", float, None, "A-FAN: radius ε of the ℓ∞ ball PGD is projected onto (null: no projection, as the "
+           "authors' command; the step then moves the feature at most T·γ)", unit="1/255", gt=0, nullable=True,
+           when="afan"),
+    Option("afan_weight", float, 0.5, "A-FAN: weight w of the adversarial loss, (1-w)·clean + w·adversarial (the "
+           "authors' 1/2)", gt=0, lt=1, when="afan"),
+    Option("afan_norm", bool, True, "A-FAN: feature normalization, the clean feature with the perturbed one's mean and "
+           "std over channels (false: the augmentation only, the authors' classification code)", when="afan"),
 )
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.spec import TrialConfig
+from bench.trial.afan import build_afan
 from bench.trial.ema import check_ema
 from bench.zoo.activations import ActivationFactory
 from bench.zoo.augment import Augment, AugmentContext
@@ -230,8 +231,8 @@ def build_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer, steps:
 def preflight(config: TrialConfig) -> None:
     """Checks that need the zoo, done before any trial starts: the model builds with this
     norm (e.g. GroupNorm's groups divide every layer's channels), the optimizer and the
-    schedule accept their options, the EMA model's statistics can be formed as asked, and
-    the batch fits the training set. Built on the meta device: no memory, no data."""
+    schedule accept their options, the EMA model's statistics can be formed as asked, A-FAN's
+    stage exists, and the batch fits the training set. Built on the meta device: no memory, no data."""
     source = dataset_source(config.dataset)
     train_size = min(source.train_size, config.train_subset or source.train_size)
     if config.batch_size > train_size:
@@ -252,4 +253,5 @@ def preflight(config: TrialConfig) -> None:
         optimizer = build_optimizer(config, model, steps)
     build_schedule(config, optimizer, steps)
     check_ema(config, model)
+    build_afan(config, model)  # refuses an architecture without stages, a stage it does not have
 

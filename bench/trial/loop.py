@@ -5,7 +5,9 @@ callback that receives each epoch's metrics, and returns a :class:`TrialResult`.
 is the plain one (the torchvision-references shape): the whole dataset is a tensor on the
 device, batches are index slices of a seeded permutation, augmentation is batched on the
 device, no loader workers. With ``ema_decay`` > 0 an exponential moving average of the model
-(:mod:`bench.trial.ema`) is updated after every optimizer step and evaluated beside it.
+(:mod:`bench.trial.ema`) is updated after every optimizer step and evaluated beside it. With
+``afan`` the step's loss is A-FAN's (:mod:`bench.trial.afan`): the clean loss mixed with that
+of a stage's output perturbed by PGD; the training loss recorded is that mixture.
 
 Outcomes: ``completed``; ``diverged`` when the training loss is NaN/inf or exceeds
 ``diverge_factor`` × the first step's loss (the step is recorded); ``failed`` for any
@@ -34,6 +36,7 @@ from bench.errors import ConfigError
 from bench.metrics import declared_summary
 from bench.provenance import environment
 from bench.spec import TrialConfig
+from bench.trial.afan import build_afan
 from bench.trial.build import (
     autocast,
     build_augment,
@@ -184,6 +187,7 @@ def _train(
         init_idx = torch.randperm(len(data.train_x), generator=gen, device=device)[: max(config.batch_size, 512)]
         data_init(model, data.train_x[init_idx])
     ema = build_ema(config, model)  # after any data-dependent init: the average starts from the initialized model
+    afan = build_afan(config, model)
     params = [p for p in model.parameters() if p.requires_grad]
     summary = result.summary
     summary.update(effective_lr=config.effective_lr, steps_per_epoch=steps, device=str(device))
@@ -255,8 +259,11 @@ def _train(
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with precision:
-                    logits = forward(x)
-                    loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+                    if afan is None:
+                        logits = forward(x)
+                        loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+                    else:  # clean logits; the loss mixes the clean and the perturbed-feature passes
+                        logits, loss = afan.loss(x, target, smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
