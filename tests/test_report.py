@@ -403,3 +403,13 @@ def test_set_up_lines_read_fixed_and_varying_values_from_the_runs():
     frame = pd.DataFrame({"variant": ["a", "b", "c"], "depth": [8.0, 22.0, None], "lr": [0.1, 0.1, 0.1]})
     fixed, varying = _fixed_and_varying({"depth": 8, "lr": 0.1}, frame, {"a": {}, "b": {}, "c": {}})
     assert fixed == {"lr": 0.1} and varying == {"depth": {"a": "8", "b": "22"}}
+
+
+def test_a_key_a_variant_sweeps_tells_configurations_apart():
+    """A list in a variant makes one configuration per value: a ranking keeps them apart
+    instead of pooling them as if they were seeds."""
+    from bench.report.sections._common import varied_keys
+
+    study = {"variants": {"dense": {}, "sparse": {"meprop_sparsity": [0.5, 0.9]}}, "axes": {"batch_size": [8]}}
+    assert varied_keys(study) == ["variant", "meprop_sparsity", "batch_size"]
+    assert varied_keys({"axes": {"norm": ["bn"], "seed": [0, 1]}}) == ["norm"]

@@ -222,3 +222,16 @@ def test_a_pipe_in_a_claims_words_does_not_break_the_findings_table():
     text = build_report(study, runs, {"date": "d"}).text
     row = next(line for line in text.splitlines() if "wins" in line)
     assert row.count(" | ") == 6 and "\\|GN\\| wins" in row  # seven cells, the pipes escaped
+
+
+def test_a_negative_margin_claims_no_worse_than_by_that_much():
+    """Non-inferiority: "a is at most 1 point below b" holds when the interval of a − b lies above −1."""
+    close = frame({("gn", 2): [0.80, 0.801, 0.80], ("bn", 2): [0.80, 0.80, 0.801]})
+    v = verdict({**GN_BEATS_BN, "margin": -1.0}, close)
+    assert v.verdict == "reproduced" and v.low > -1 and "claimed at most 1 lower" in v.effect_text
+    far = frame({("gn", 2): [0.75, 0.76, 0.75], ("bn", 2): [0.80, 0.80, 0.81]})
+    assert verdict({**GN_BEATS_BN, "margin": -1.0}, far).verdict == "contradicted"
+    assert verdict({**GN_BEATS_BN, "margin": 0}, close).verdict == "inconclusive"
+    with pytest.raises(ConfigError, match="`tolerance` is a non-negative number"):
+        parse_report({"claims": [{"name": "c", "statement": "s", "source": SOURCE, "kind": "flat", "where": {"norm": "gn"},
+                                  "over": "batch_size", "tolerance": -1, "reference": 2}]}, STUDY)

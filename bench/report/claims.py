@@ -11,7 +11,8 @@ with the paper it comes from::
         a: {norm: gn, norm_virtual_batch: 2}
         b: {norm: bn-ghost, norm_virtual_batch: 2}
         expect: higher                    # a's metric is higher than b's ...
-        margin: 0                         # ... by more than this (shown units: points)
+        margin: 0                         # ... by more than this (shown units: points; negative:
+                                          # no worse than by |margin|, a non-inferiority claim)
       - {name: bn-falls, kind: trend, where: {norm: bn-ghost}, over: norm_virtual_batch,
          expect: increasing, ...}         # the metric rises with the axis (slope per doubling)
       - {name: gn-flat, kind: flat, where: {norm: gn}, over: norm_virtual_batch,
@@ -177,8 +178,10 @@ def _claim(index: int, doc: dict[str, Any], checker: Any, default_metric: str) -
     for key in ("margin", "tolerance"):
         if key in doc:
             value = doc[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise ConfigError(f"{where}: `{key}` is a non-negative number in the metric's shown units; got {value!r}.")
+            signed = key == "margin" and kind == "difference"  # a negative margin: "no worse than by |margin|"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (value < 0 and not signed):
+                kinds = "a finite number (negative: a non-inferiority claim)" if signed else "a non-negative number"
+                raise ConfigError(f"{where}: `{key}` is {kinds} in the metric's shown units; got {value!r}.")
             options[key] = float(value)
     if kind == "flat" and options["tolerance"] <= 0:
         raise ConfigError(f"{where}: `tolerance` must be > 0 (how far from the reference level counts as flat).")
@@ -372,7 +375,8 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
         f"paired t-test over {n} seeds, H0: difference = {margin:g}",
         (f"({_contrast(claim.options['a'], claim.options['b'])}) − ({_contrast(claim.options['c'], claim.options['d'])})"
          if interaction else _contrast(claim.options["a"], claim.options["b"]))
-        + ("" if sign > 0 else " (sign reversed: lower is the claim)") + f", {_unit(metric)}; claimed {word} by > {margin:g}",
+        + ("" if sign > 0 else " (sign reversed: lower is the claim)") + f", {_unit(metric)}; "
+        + (f"claimed {word} by > {margin:g}" if margin >= 0 else f"claimed at most {-margin:g} {'lower' if sign > 0 else 'higher'}"),
         needed, reason,
     )
 

@@ -14,6 +14,7 @@ from bench.metrics import Metric, epoch_metric, run_metric
 from bench.report.format import number, p_value
 from bench.report.frame import CHANCE_METRIC, chance_threshold, with_outcome
 from bench.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from bench.spec.study import is_sweep
 from bench.report.tables import Best
 
 
@@ -25,9 +26,12 @@ def metric_of(options: Mapping[str, Any], *, per_epoch: bool = False) -> Metric:
 
 
 def varied_keys(study: Mapping[str, Any]) -> list[str]:
-    """The columns that tell a study's configurations apart: variant, axes, zipped lists."""
+    """The columns that tell a study's configurations apart: variant, the keys a variant
+    sweeps (a list in a variant: ``meprop: {meprop_sparsity: [0.5, 0.9]}``), axes, zipped lists."""
     keys = ["variant"] if study.get("variants") else []
-    return keys + [k for k in [*(study.get("axes") or {}), *(study.get("zip") or {})] if k != "seed"]
+    for variant in (study.get("variants") or {}).values():
+        keys += [k for k, v in (variant or {}).items() if is_sweep(k, v) and k not in keys]
+    return keys + [k for k in [*(study.get("axes") or {}), *(study.get("zip") or {})] if k != "seed" and k not in keys]
 
 
 def assignment(keys: Sequence[str], values: Sequence[Any]) -> str:
