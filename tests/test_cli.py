@@ -281,6 +281,9 @@ def test_zoo_plots_schedules(tmp_path):
 
 @pytest.mark.parametrize("before", [(), ("--store", "{store}"), ("--store={store}", "--plugin", "{plugin}")], ids=["plain", "store", "store+plugin"])
 def test_the_grid_records_its_command_line_with_the_options_before_grid(before, spec, tmp_path, monkeypatch):
+    from bench.zoo import plugins
+
+    monkeypatch.setattr(plugins, "_LOADED", dict(plugins._LOADED))  # the plugin is forgotten after the test
     plugin = tmp_path / "noplugin.py"
     plugin.write_text("")  # a plugin that registers nothing
     store = tmp_path / "elsewhere.sqlite"
