@@ -66,6 +66,7 @@ and the batch-size scaling rule.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -152,7 +153,7 @@ def tangent_gradient(y: Tensor, grad: Tensor, clip: float, ortho: float) -> Tens
 # -- the optimizers ----------------------------------------------------------------------------
 
 
-class _Grassmann(torch.optim.Optimizer):
+class _Grassmann(torch.optim.Optimizer, metaclass=ABCMeta):
     """Groups with ``grassmann=True`` take the manifold step (:meth:`_manifold_step`),
     the others SGD with momentum and L2 weight decay (``torch.optim.sgd.sgd``)."""
 
@@ -193,8 +194,10 @@ class _Grassmann(torch.optim.Optimizer):
             for p, buffer in zip(params, buffers):
                 self.state[p]["momentum_buffer"] = buffer
 
+    @abstractmethod
     def _manifold_step(self, group: dict[str, Any], state: dict[str, Any], y: Tensor, h: Tensor) -> Tensor:
-        raise NotImplementedError
+        """One manifold step of a scale-invariant weight's rows ``y`` along the tangent gradient ``h``
+        (SGD-G's or Adam-G's), updating ``state``; the new rows."""
 
 
 class SGDG(_Grassmann):
