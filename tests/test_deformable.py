@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.spec import TrialConfig
+from bench.spec import TrialConfig, trial_from_assignments
 from bench.trial import build_model
 from bench.zoo.archs import ARCHS
 from bench.zoo.convs import ConvFactory
@@ -251,6 +251,44 @@ def test_architectures_without_a_sliding_window_conv_are_refused(arch):
 def test_a_vit_with_its_conv_stem_is_deformable_there():
     model = build_model(TrialConfig(dataset="synthetic", arch="vit", conv="deformable", vit_conv_stem=True), SOURCE)
     assert any(isinstance(m, DeformableConv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("from_stage", [1, 2, 3])
+def test_conv_from_stage_deforms_that_stage_and_the_later_ones_only(from_stage):
+    # depth 14: two blocks per stage, blocks 0-1 in stage 1, 2-3 in stage 2, 4-5 in stage 3; the stem is stage 1's
+    config = TrialConfig(dataset="synthetic", arch="resnet", depth=14, conv="deformable",
+                         conv_from_stage=from_stage)
+    torch.manual_seed(0)
+    model = build_model(config, SOURCE)
+    deformed = {name for name, m in model.named_modules() if isinstance(m, DeformableConv2d)}
+    expected = {f"stages.{b}.conv{c}" for b in range(2 * (from_stage - 1), 6) for c in (1, 2)}
+    assert deformed == expected | ({"stem.0"} if from_stage == 1 else set())
+    torch.manual_seed(0)
+    standard = build_model(TrialConfig(dataset="synthetic", arch="resnet", depth=14), SOURCE)
+    x = torch.randn(2, 1, 8, 8)
+    model.eval(), standard.eval()
+    torch.testing.assert_close(model(x), standard(x), atol=1e-5, rtol=1e-5)  # same seed, same function at the start
+
+
+def test_conv_from_stage_enters_the_trial_id_only_when_set():
+    base = TrialConfig(arch="resnet", conv="deformable")
+    assert TrialConfig(arch="resnet", conv="deformable", conv_from_stage=1).trial_id == base.trial_id
+    assert TrialConfig(arch="resnet", conv="deformable", conv_from_stage=2).trial_id != base.trial_id
+    with pytest.raises(ConfigError, match="`conv_from_stage` does nothing for conv=standard"):
+        trial_from_assignments({"arch": "resnet", "conv_from_stage": 2})
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"arch": "resnet", "conv_from_stage": 4}, "conv_from_stage=4 builds deformable convs from that stage of the "
+                                                "network on, but this model has 3 stages"),
+    ({"arch": "cnn", "depth": 2, "conv_from_stage": 2}, "this model has 1 stage[.]"),
+    ({"arch": "vgg", "conv_from_stage": 2}, "this model has no stages that conv_from_stage counts"),
+    ({"arch": "vit", "vit_conv_stem": True, "conv_from_stage": 2}, "has no stages"),
+])
+def test_a_stage_the_model_does_not_have_is_refused_before_anything_runs(changes, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build_model(TrialConfig(**{"dataset": "synthetic", "conv": "deformable", **changes}), SOURCE)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(("changes", "message"), [

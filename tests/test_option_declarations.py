@@ -33,7 +33,7 @@ STEPS = 2
 
 # Base configs per registry: small models, every trial-level knob that an option needs on
 # (lawn's options act only with lawn=true). The entry under test replaces its field.
-BASE = dict(dataset="synthetic", arch="cnn", width=8, depth=2, batch_size=BATCH, epochs=4, lr_scaling="none", lr=0.1)
+BASE = dict(dataset="synthetic", arch="cnn", width=8, depth=4, batch_size=BATCH, epochs=4, lr_scaling="none", lr=0.1)
 # Norms a trial may fall back to when an architecture refuses the base norm (nf-resnet: none).
 NORM_FALLBACKS = ("bn", "ln", "none")
 

@@ -52,12 +52,14 @@ class ConvKind:
     initializes the built model from a batch before training. ``prepare(model)``, when set,
     runs on every model built with the kind (resumed ones too), after the architecture: it
     may mark layers (meProp's classifier keeps its full gradient) and raises a ConfigError
-    for a model the kind cannot act on."""
+    for a model the kind cannot act on. ``from_stage``: in an architecture with stages, the
+    first one built with the kind (:meth:`ConvFactory.for_stage`); 1 is everywhere."""
 
     conv: Callable[..., nn.Module]
     linear: Callable[..., nn.Module]
     data_init: Callable[[nn.Module, Tensor], None] | None = None
     prepare: Callable[[nn.Module], None] | None = None
+    from_stage: int = 1
 
 
 @CONVS.register("standard", "Plain conv and linear layers (no reparametrization).")
@@ -410,3 +412,8 @@ class ConvFactory:
 
     def linear(self, fin: int, fout: int, bias: bool = True) -> nn.Module:
         return self.kind.linear(fin, fout, bias=bias)
+
+    def for_stage(self, stage: int) -> ConvFactory:
+        """The factory for the layers of stage ``stage`` (from 1) of an architecture with
+        stages: this one from the kind's ``from_stage`` on, plain layers before it."""
+        return self if stage >= self.kind.from_stage else ConvFactory()

@@ -1,7 +1,9 @@
 """A small plain CNN: (conv → norm → activation, ReLU by default) × depth, 2×2 max-pool
 after every second conv, then the classifier head (``head``, :mod:`bench.zoo.archs.heads`;
 by default global average pool and linear). ``depth=4`` is the 4-conv CNN of the small-scale batch-size
-experiments; channels double after each pooling."""
+experiments; channels double after each pooling. The convs between two poolings are a
+stage (two per stage, the last one shorter when depth is odd): what ``conv_from_stage``
+counts (:mod:`bench.zoo.spatial_convs`)."""
 
 from __future__ import annotations
 
@@ -38,10 +40,13 @@ def build_cnn(
     channels, size = in_channels, image_size
     for i in range(depth):
         out = width * 2 ** (i // 2)
-        layers += [conv.conv(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out), activation(out)]
+        layers += [conv.for_stage(i // 2 + 1).conv(channels, out, 3, padding=1, bias=norm.name == "none"), norm(out),
+                   activation(out)]
         channels = out
         if i % 2 == 1 and size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
     layers += head_layers(channels, num_classes, conv, head=head, head_rank=head_rank, head_drop_factor=head_drop_factor)
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    model.conv_stages = (depth + 1) // 2
+    return model

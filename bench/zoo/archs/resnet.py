@@ -15,6 +15,10 @@ never gives the first block of a stage one outside the last stage (the loop that
 on starts at the second block), so with one block per stage (depth 8) only the last stage
 has it.
 
+The network has stages for a conv kind that takes ``conv_from_stage`` (the spatial convs,
+:mod:`bench.zoo.spatial_convs`): the stem belongs to stage 1, and stages before the chosen
+one get plain convs.
+
 With MimicNorm (``norm=mimic``) the network is the authors' (Kid-key/MimicNorm,
 ``ImageNet/models/resnet_nobn.py``, the ``*_cbn`` networks): each block's residual branch
 is multiplied by a learnable scalar starting at 1.2² / k for the k-th block of the network
@@ -97,13 +101,15 @@ class ResNet(nn.Module):
         attention: str = "none", *, activation: ActivationFactory, **heads: Any,
     ):
         super().__init__()
-        stem = conv.conv(in_channels, width, 3, padding=1, bias=norm.name == "none")
+        self.conv_stages = 3  # what conv_from_stage counts (bench.zoo.spatial_convs)
+        stem = conv.for_stage(1).conv(in_channels, width, 3, padding=1, bias=norm.name == "none")
         self.stem = nn.Sequential(stem, norm(width), activation(width))
         stages, cin = [], width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(blocks):
                 strip = attention == "strip" and (i == 2 or 0 < j == blocks - 1)
-                stages.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm, conv, len(stages) + 1, strip,
+                stages.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm, conv.for_stage(i + 1),
+                                         len(stages) + 1, strip,
                                          activation=activation))
                 cin = cout
         self.stages = nn.Sequential(*stages)

@@ -42,8 +42,9 @@ Where: every sliding-window conv of the architecture (the package's rule,
 :mod:`bench.zoo.spatial_convs`), the stem included; 1×1 convs and linear layers stay plain. The papers deform the later stages
 of large detection backbones (DCNv1: the last three 3×3 convs of ResNet-101's conv5, 4
 deformable groups in the authors' symbols; DCNv2: every 3×3 conv of ResNet-50's
-conv3–conv5, 1 group in the authors' example); the small classifiers here have no such
-stage split that a conv kind could see, and each layer starts as its plain conv. One
+conv3–conv5, 1 group in the authors' example); ``conv_from_stage: 2`` deforms all stages
+of a resnet but the first, as DCNv2 (:mod:`bench.zoo.spatial_convs`). Each layer starts as
+its plain conv. One
 deformable group (one offset field for all input channels), which any input, the image
 stem's too, admits.
 
@@ -64,7 +65,7 @@ from torchvision.ops import deform_conv2d
 
 from bench.zoo.convs import ConvKind
 from bench.zoo.registry import CONVS, Option
-from bench.zoo.spatial_convs import sliding_window_kind
+from bench.zoo.spatial_convs import CONV_FROM_STAGE, sliding_window_kind
 
 DEFORM_VERSION = Option("deform_version", int, 2, "1: DCNv1 (learned offsets); 2: DCNv2 (offsets and modulation)",
                         choices=(1, 2))
@@ -119,11 +120,11 @@ class DeformableConv2d(nn.Conv2d):
     "Deformable conv: sliding-window convs sample at learned offsets (v2: ×learned modulation), zero-initialized "
     "so each starts as its plain conv; 1×1 convs and linears standard.",
     paper="Dai et al. 2017, ICCV, arXiv:1703.06211; v2: Zhu, Hu, Lin & Dai 2019, CVPR, arXiv:1811.11168",
-    options=(DEFORM_VERSION,),
+    options=(DEFORM_VERSION, CONV_FROM_STAGE),
 )
-def deformable(*, deform_version: int) -> ConvKind:
+def deformable(*, deform_version: int, conv_from_stage: int) -> ConvKind:
     def build(cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
         return DeformableConv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias,
                                 modulated=deform_version == 2)
 
-    return sliding_window_kind("deformable", DeformableConv2d, build)
+    return sliding_window_kind("deformable", DeformableConv2d, build, conv_from_stage)

@@ -46,7 +46,8 @@ dynamic conv with one generated filter bank per example.
 
 Where: every sliding-window conv of the architecture (the package's rule,
 :mod:`bench.zoo.spatial_convs`): the dense 3×3 convs carry the computation of cnn, resnet
-and vgg; 1×1 convs (ResNet's projection shortcuts) and linear layers stay plain.
+and vgg; 1×1 convs (ResNet's projection shortcuts) and linear layers stay plain. With
+``conv_from_stage: s``, a resnet has them in stages s… only (:mod:`bench.zoo.spatial_convs`).
 
 Written here: no library ships DRConv (the authors' operator is a CUDA extension whose
 CPU path returns zeros). The per-example filters run as one grouped conv (groups = batch
@@ -70,7 +71,7 @@ from torch import Tensor, nn
 
 from bench.zoo.convs import ConvKind
 from bench.zoo.registry import CONVS, Option
-from bench.zoo.spatial_convs import sliding_window_kind
+from bench.zoo.spatial_convs import CONV_FROM_STAGE, sliding_window_kind
 
 DRCONV_REGIONS = Option("drconv_regions", int, 8, "m: regions of the guided mask, each with its own generated filters",
                         ge=1)
@@ -155,11 +156,11 @@ class RegionAwareConv2d(nn.Conv2d):
     "DRConv: each sliding-window conv applies at each position the filters of that position's region (argmax of a "
     "learned guide conv), generated per example; 1×1 convs and linears standard.",
     paper="Chen, Wang, Guo, Zhang & Sun 2021, CVPR, arXiv:2003.12243",
-    options=(DRCONV_REGIONS, DRCONV_BASES),
+    options=(DRCONV_REGIONS, DRCONV_BASES, CONV_FROM_STAGE),
 )
-def drconv(*, drconv_regions: int, drconv_bases: int) -> ConvKind:
+def drconv(*, drconv_regions: int, drconv_bases: int, conv_from_stage: int) -> ConvKind:
     def build(cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
         return RegionAwareConv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=bias,
                                  regions=drconv_regions, bases=drconv_bases)
 
-    return sliding_window_kind("drconv", RegionAwareConv2d, build)
+    return sliding_window_kind("drconv", RegionAwareConv2d, build, conv_from_stage)
