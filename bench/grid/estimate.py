@@ -1,9 +1,12 @@
 """``bench grid --dry-run``: the trials of a study and what running them will cost.
 
 The time estimate is measured, not guessed: each distinct model × batch size of the study
-is timed for a few optimizer steps on random inputs of the dataset's shape, with as many
-threads as a trial will get, and scaled by the steps each trial will take and by how many
-trials run side by side.
+is timed for a few optimizer steps on random inputs of the dataset's shape, and for an
+evaluation forward pass, with as many threads as a trial will get; a trial's time is its
+steps times the step's, plus its evaluations (the validation split after every epoch,
+twice with an EMA model) times the cost per image, and the study's wall-clock time that
+sum divided by how many trials run side by side. Not in it: the data pipeline's
+augmentation, starting each trial, and loading the data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rich.table import Table
 from bench.grid.planning import validate
 from bench.spec import StudySpec, TrialConfig, is_sweep
 from bench.trial import build_model, build_optimizer, pick_device, steps_per_epoch
+from bench.trial.loop import EVAL_BATCH
 from bench.zoo.datasets import dataset_source
 
 if TYPE_CHECKING:
@@ -29,7 +33,8 @@ if TYPE_CHECKING:
 
 ROWS_LISTED = 200  # a grid of more trials prints its first rows and a summary, not every row
 ROWS_SHOWN = 20
-EVAL_OVERHEAD = 1.1  # evaluation and bookkeeping on top of the timed training steps
+BOOKKEEPING = 1.05  # the harness's loop on top of the timed steps (within 5% of a bare loop: benchmarks/trial_loop.py)
+EVAL_TIMED = 256  # images in a timed evaluation forward; the loop's batches take up to EVAL_BATCH
 TIMING_FREE = ("seed", "lr", "epochs", "warmup_epochs", "lawn_free_epochs")  # fields that do not change a step's cost
 
 
@@ -40,8 +45,17 @@ def trial_steps(config: TrialConfig) -> int:
     return steps_per_epoch(config, train) * config.epochs
 
 
-def time_step(config: TrialConfig, device: torch.device, repeats: int = 5) -> float:
-    """Seconds per optimizer step of this model and batch size (median of ``repeats``)."""
+def trial_val_images(config: TrialConfig) -> int:
+    """Validation images the trial evaluates over all its epochs (0 when the dataset does not
+    say how many it has)."""
+    source = dataset_source(config.dataset)
+    val = min(source.val_size, config.val_subset or source.val_size)
+    return val * config.epochs * (2 if config.ema_decay else 1)
+
+
+def time_step(config: TrialConfig, device: torch.device, repeats: int = 5) -> tuple[float, float]:
+    """Seconds per optimizer step of this model and batch size, and per image evaluated
+    (medians of ``repeats``)."""
     source = dataset_source(config.dataset)
     model = build_model(config, source).to(device)
     optimizer = build_optimizer(config, model)
@@ -57,7 +71,17 @@ def time_step(config: TrialConfig, device: torch.device, repeats: int = 5) -> fl
         loss.item()
         if i >= 2:
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    model.eval()
+    batch = min(EVAL_BATCH, EVAL_TIMED)
+    x = torch.randn(batch, source.in_channels, source.image_size, source.image_size, device=device)
+    evals = []
+    with torch.no_grad():
+        for i in range(repeats // 2 + 2):
+            t0 = time.perf_counter()
+            model(x).sum().item()
+            if i >= 1:
+                evals.append((time.perf_counter() - t0) / batch)
+    return sorted(times)[len(times) // 2], sorted(evals)[len(evals) // 2]
 
 
 def concurrency(options: GridOptions) -> int:
@@ -76,12 +100,12 @@ def shape_key(config: TrialConfig) -> str:
 
 def step_costs(
     trials: list[TrialConfig], device: torch.device, threads: int, keys: list[str] | None = None
-) -> dict[str, float]:
-    """Seconds per step of each distinct :func:`shape_key` (``keys``: the trials' keys, when
-    known), timed with ``threads`` torch threads."""
+) -> dict[str, tuple[float, float]]:
+    """Seconds per step and per evaluated image of each distinct :func:`shape_key`
+    (``keys``: the trials' keys, when known), timed with ``threads`` torch threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    costs: dict[str, float] = {}
+    costs: dict[str, tuple[float, float]] = {}
     try:
         for config, key in zip(trials, keys or [shape_key(c) for c in trials]):
             if key not in costs:
@@ -108,7 +132,8 @@ def describe_plan(spec: StudySpec, options: GridOptions, console: Console) -> di
     listed = len(trials) if len(trials) <= ROWS_LISTED else ROWS_SHOWN
     for i, (config, key) in enumerate(zip(trials, keys), 1):
         steps = trial_steps(config)
-        seconds = steps * costs[key] * EVAL_OVERHEAD
+        per_step, per_image = costs[key]
+        seconds = steps * per_step * BOOKKEEPING + trial_val_images(config) * per_image
         total_steps += steps
         total_seconds += seconds
         if i <= listed:

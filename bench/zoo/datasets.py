@@ -69,6 +69,9 @@ class DatasetSource:
     needs_files: bool
     #: Images in the full training split (planning: steps per epoch, batch-size checks).
     train_size: int = 0
+    #: Images in the full validation split (planning: the cost of evaluating every epoch);
+    #: 0 when unknown.
+    val_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -562,7 +565,8 @@ def _load_synthetic(_root: Path) -> Arrays:
     "Alpaydin & Kaynak 1998, UCI Optical Recognition of Handwritten Digits",
 )
 def digits() -> DatasetSource:
-    return DatasetSource("digits", 1, 8, 10, _load_digits, needs_files=False, train_size=1437)
+    return DatasetSource("digits", 1, 8, 10, _load_digits, needs_files=False, train_size=1437,
+                         val_size=360)
 
 
 @DATASETS.register(
@@ -572,7 +576,7 @@ def digits() -> DatasetSource:
 def synthetic() -> DatasetSource:
     return DatasetSource(
         "synthetic", SYNTHETIC_SHAPE[0], SYNTHETIC_SHAPE[1], SYNTHETIC_CLASSES, _load_synthetic, needs_files=False,
-        train_size=SYNTHETIC_TRAIN,
+        train_size=SYNTHETIC_TRAIN, val_size=SYNTHETIC_VAL,
     )
 
 
@@ -582,7 +586,8 @@ def synthetic() -> DatasetSource:
     "LeCun et al. 1998, Gradient-based learning applied to document recognition",
 )
 def mnist() -> DatasetSource:
-    return DatasetSource("mnist", 1, 28, 10, _mnist_loader("mnist", "MNIST"), needs_files=True, train_size=60000)
+    return DatasetSource("mnist", 1, 28, 10, _mnist_loader("mnist", "MNIST"), needs_files=True, train_size=60000,
+                         val_size=10000)
 
 
 @DATASETS.register(
@@ -592,7 +597,7 @@ def mnist() -> DatasetSource:
 )
 def fashion_mnist() -> DatasetSource:
     loader = _mnist_loader("fashion-mnist", "FashionMNIST")
-    return DatasetSource("fashion-mnist", 1, 28, 10, loader, needs_files=True, train_size=60000)
+    return DatasetSource("fashion-mnist", 1, 28, 10, loader, needs_files=True, train_size=60000, val_size=10000)
 
 
 @DATASETS.register(
@@ -601,7 +606,8 @@ def fashion_mnist() -> DatasetSource:
     "Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
 )
 def cifar10() -> DatasetSource:
-    return DatasetSource("cifar10", 3, 32, 10, _cifar_loader("cifar10", _CIFAR10), needs_files=True, train_size=50000)
+    return DatasetSource("cifar10", 3, 32, 10, _cifar_loader("cifar10", _CIFAR10), needs_files=True, train_size=50000,
+                         val_size=10000)
 
 
 @DATASETS.register(
@@ -611,5 +617,6 @@ def cifar10() -> DatasetSource:
 )
 def cifar100() -> DatasetSource:
     return DatasetSource(
-        "cifar100", 3, 32, 100, _cifar_loader("cifar100", _CIFAR100), needs_files=True, train_size=50000
+        "cifar100", 3, 32, 100, _cifar_loader("cifar100", _CIFAR100), needs_files=True, train_size=50000,
+        val_size=10000,
     )
