@@ -17,12 +17,12 @@ code fingerprint of each of these kinds covers it.
 Where in the network: ``conv_from_stage`` (both kinds; default 1, everywhere) keeps the
 kind out of the stages before the given one, in an architecture that has stages and says
 how many (``conv_stages``: resnet's three, the stem in the first; cnn's pairs of convs
-between poolings). Detection backbones put
-these layers late: DCNv2 (Zhu et al. 2019, arXiv:1811.11168, §4) deforms every 3×3 conv of
-ResNet-50's conv3–conv5, all stages but the first, highest-resolution one (DCNv1: the last
-three 3×3 convs of conv5); in a three-stage CIFAR ResNet, ``conv_from_stage: 2`` is the
-DCNv2 placement. The stage count is read off the built model, and a model without one, or
-with fewer stages than asked, is refused before anything runs.
+between poolings). Detection backbones put these layers late: DCNv2 (Zhu et al. 2019,
+arXiv:1811.11168, §4) deforms every 3×3 conv of ResNet-50's conv3–conv5, all stages but
+the first, highest-resolution one (DCNv1: the last three 3×3 convs of conv5); in a
+three-stage CIFAR ResNet, ``conv_from_stage: 2`` is the DCNv2 placement. The stage count
+is read off the built model, and a model without one, or with fewer stages than asked, is
+refused before anything runs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from bench.zoo.registry import Option
 
 CONV_FROM_STAGE = Option(
     "conv_from_stage", int, 1, "the first stage built with this conv in an architecture with stages (resnet: 1-3, "
-    "the stem in 1; cnn: each pair of convs between poolings); earlier ones plain. 2: all but the first stage, DCNv2's placement", ge=1,
+    "the stem in 1; cnn: each pair of convs between poolings); earlier ones plain. 2: all but the first stage, "
+    "DCNv2's placement", ge=1,
 )
 
 
@@ -62,11 +63,12 @@ def sliding_window_kind(name: str, layer: type[nn.Module], build: Callable[..., 
     def prepare(model: nn.Module) -> None:
         stages = getattr(model, "conv_stages", None)
         if from_stage > (stages or 1):
-            has = f"has {stages} stage{'s' * (stages != 1)}" if stages else "has no stages that conv_from_stage counts (resnet and cnn have)"
-            raise ConfigError(
-                f"conv_from_stage={from_stage} builds {name} convs from that stage of the network on, but this "
-                f"model {has}. Use conv_from_stage between 1 and {stages or 1} (1: everywhere)."
-            )
+            asked = f"conv_from_stage={from_stage} builds {name} convs from that stage of the network on, but this model"
+            if stages:
+                raise ConfigError(f"{asked} has {stages} stage{'s' * (stages != 1)}. Use conv_from_stage between 1 and "
+                                  f"{stages} (1: everywhere).")
+            raise ConfigError(f"{asked} has no stages that conv_from_stage counts (resnet and cnn have them). Leave "
+                              "conv_from_stage at 1 (everywhere) for this architecture, or choose resnet or cnn.")
         if not any(isinstance(m, layer) for m in model.modules()):
             raise ConfigError(
                 f"conv={name} replaces the model's sliding-window convolutions (stride smaller than the kernel, "
