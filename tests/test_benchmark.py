@@ -17,7 +17,10 @@ def test_trial_loop_benchmark_runs_and_prints_ratios():
     ).stdout
     assert "bare samples/s" in out and "min ratio" in out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("cnn")]
-    assert [r[1] for r in rows] == ["bn", "gn"] and all(float(r[-1]) > 0 for r in rows)
+    assert [r[1] for r in rows] == ["bn", "gn"] and all(float(r[5]) > 0 for r in rows)
+    for row in rows:  # the median ratio, then the lowest and highest round's
+        low, high = map(float, row[6].split("–"))
+        assert low <= float(row[5]) <= high
 
 
 def test_trial_loop_benchmark_on_cifar_shaped_data_with_resnet_20():
@@ -28,4 +31,4 @@ def test_trial_loop_benchmark_on_cifar_shaped_data_with_resnet_20():
     ).stdout
     assert "CIFAR-10-shaped" in out and "fp32, channels_last" in out
     (row,) = [line.split() for line in out.splitlines() if line.strip().startswith("resnet")]
-    assert row[1:3] == ["bn", "64"] and float(row[-1]) > 0
+    assert row[1:3] == ["bn", "64"] and float(row[5]) > 0
