@@ -110,7 +110,8 @@ TRIAL_OPTIONS: tuple[Option, ...] = (
     Option("ema_decay", float, 0.0, "decay m of an EMA copy of the model, updated after every optimizer step and "
            "evaluated each epoch (0: none); it averages over about 1/(1-m) steps (EMAN's 0.999: 1000)", ge=0, lt=1),
     Option("ema_norm", str, "eman", "the EMA model's normalization statistics: eman (EMAs of the student's, Cai et al. "
-           "2021), copy (the student's), recompute (BatchNorm's re-estimated on training batches before evaluation)",
+           "2021, arXiv:2101.08482), copy (the student's), recompute (BatchNorm's re-estimated on training batches "
+           "before evaluation)",
            choices=EMA_NORMS, when="ema_decay"),
     # adversarial feature augmentation and normalization in the training step (bench/trial/afan.py)
     Option("afan", bool, False, "A-FAN (Chen et al. 2022, arXiv:2103.12171): each step also trains on the output of a "
