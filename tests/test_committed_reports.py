@@ -1,7 +1,8 @@
 """Every committed report rebuilds from the runs committed beside it.
 
-For each ``reports/<study>.md``: import ``reports/<study>/results.jsonl.gz`` into an empty
-store, rebuild the report from the store alone, and compare: the markdown must be the
+For each ``reports/<study>.md`` (``<study>-<profile>.md`` for a profile's report): import
+``reports/<study>/results.jsonl.gz`` into an empty store, load the study and profile that
+export holds, rebuild the report from the store alone, and compare: the markdown must be the
 committed file except the date and store of its "Generated" line, and every committed CSV
 table must come out the same. A report without its runs beside it fails: it could not be
 checked."""
@@ -12,8 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from committed_exports import exported_study  # beside this file
 
-from bench.report.writer import RUNS_FILE, write_report
+from bench.report.writer import RUNS_FILE, report_path, write_report
 from bench.spec import load_spec
 from bench.store import open_store
 from bench.store.transfer import import_jsonl
@@ -35,7 +37,9 @@ def test_a_committed_report_rebuilds_from_its_committed_runs(report: Path, tmp_p
     out = tmp_path / "reports"
     (out / folder.name).mkdir(parents=True)
     shutil.copy(export, out / folder.name / RUNS_FILE)  # the footer links the runs file when it is there
-    spec = load_spec(report.stem)
+    name, profile = exported_study(export)
+    spec = load_spec(name, profile=profile)
+    assert report_path(spec, ROOT / "reports") == report, f"{export} holds the runs of {spec.key}, not of {report.name}"
     with open_store(str(tmp_path / "store.sqlite")) as store:
         import_jsonl(store, export)
         rebuilt = write_report(spec, store, out)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from committed_exports import exported_study  # beside this file
 
 from bench.spec import from_mapping, list_specs, load_spec
 from bench.store import EmbeddedStore
@@ -52,7 +53,8 @@ def test_committed_runs_keep_their_ids_and_answer_their_study(export, tmp_path):
     store = EmbeddedStore(tmp_path / "results.sqlite")
     try:
         import_jsonl(store, export)
-        spec = load_spec(ROOT / "ablations" / f"{export.parent.name}.yaml")
+        name, profile = exported_study(export)
+        spec = load_spec(ROOT / "ablations" / f"{name}.yaml", profile=profile)
         for config in spec.expand():
             run = store.get_run(config.trial_id)
             assert run is not None and run["status"] in ("completed", "diverged"), config.trial_id
