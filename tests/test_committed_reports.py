@@ -1,8 +1,9 @@
 """Every committed report rebuilds from the runs committed beside it.
 
-For each ``reports/<study>.md`` (``<study>-<profile>.md`` for a profile's report): import
-``reports/<study>/results.jsonl.gz`` into an empty store, load the study and profile that
-export holds, rebuild the report from the store alone, and compare: the markdown must be the
+For each ``reports/<report>.md`` (``<study>.md``, or ``<study>-<profile>.md`` for a
+profile's report): import the runs beside it, ``reports/<report>/results.jsonl.gz``, into an
+empty store, load the study and profile that export holds, rebuild the report from the
+store alone, and compare: the markdown must be the
 committed file except the date and store of its "Generated" line, and every committed CSV
 table must come out the same. A report without its runs beside it fails: it could not be
 checked."""
