@@ -3,14 +3,13 @@ shared by the tests that rebuild committed reports and check their trial ids."""
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
+
+from bench.store.transfer import read_jsonl
 
 
 def exported_study(export: Path) -> tuple[str, str]:
     """The name and profile of the study an export holds (its one ``studies`` record)."""
-    with gzip.open(export, "rt") as f:
-        docs = [line["doc"] for line in map(json.loads, f) if line.get("collection") == "studies"]
+    docs = [doc for collection, doc in read_jsonl(export) if collection == "studies"]
     assert len(docs) == 1, f"{export} holds {len(docs)} studies"
     return docs[0]["name"], docs[0].get("profile") or "default"
