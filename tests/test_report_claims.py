@@ -66,10 +66,40 @@ def test_fewer_than_three_seeds_never_decide():
     two = frame({("gn", 2): [0.90, 0.91], ("bn", 2): [0.50, 0.51]})
     v = verdict(GN_BEATS_BN, two)
     assert v.verdict == "inconclusive" and v.n == 2 and "fewer than 3 seeds" in v.reason
-    # a diverged seed leaves two pairs: inconclusive too
+    # a diverged seed of a dataset whose classes are not known has no value: two pairs, inconclusive too
     three = frame({("gn", 2): [0.90, 0.91, 0.92], ("bn", 2): [0.50, 0.51, 0.52]}, status={("bn", 2, 1): "diverged"})
     assert verdict(GN_BEATS_BN, three).n == 2 and verdict(GN_BEATS_BN, three).verdict == "inconclusive"
     assert MIN_SEEDS == 3
+
+
+def test_a_diverged_run_counts_at_chance_where_a_claim_reads_the_final_networks_accuracy():
+    runs = frame({("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81]}, status={("gn", 2, 1): "diverged"})
+    runs["dataset"] = "fashion-mnist"  # 10 classes: chance is 10%
+    v = verdict(GN_BEATS_BN, runs)
+    d = np.array([85.0 - 80.0, 10.0 - 80.0, 87.0 - 81.0])
+    assert v.n == 3 and v.at_chance == 1 and v.verdict == "inconclusive"
+    assert v.effect == pytest.approx(d.mean()) and v.p == pytest.approx(stats.ttest_rel([85, 10, 87], [80, 80, 81]).pvalue)
+    # the baseline diverging counts for the technique, just as the technique diverging counts against it
+    flipped = verdict({**GN_BEATS_BN, "a": GN_BEATS_BN["b"], "b": GN_BEATS_BN["a"], "expect": "lower"}, runs)
+    assert flipped.effect == pytest.approx(v.effect) and flipped.at_chance == 1
+    # a metric that is not an accuracy of the final network leaves the diverged run out
+    runs["final_val_loss"] = 0.5
+    assert verdict({**GN_BEATS_BN, "metric": "final_val_loss", "expect": "lower"}, runs).n == 2
+    # trend and flat claims read a diverged level at chance too
+    levels = frame({("bn", b): [0.80, 0.81, 0.80] for b in (2, 4, 8, 16)}, status={("bn", 2, 0): "diverged"})
+    levels["dataset"] = "fashion-mnist"
+    trend = verdict({"kind": "trend", "where": {"norm": "bn"}, "over": "batch_size", "expect": "increasing"}, levels)
+    assert trend.at_chance == 1 and trend.n == 3 and trend.effect > 0
+    flat = verdict({"kind": "flat", "where": {"norm": "bn"}, "over": "batch_size", "tolerance": 1.0, "reference": 16}, levels)
+    assert flat.at_chance == 1 and flat.verdict == "inconclusive" and flat.effect == pytest.approx(70.0 / 3)
+    # the report says so in n, in a sentence under the table, and in the CSV
+    study = {**STUDY, "report": {"kind": "pivot", "rows": "norm", "columns": "batch_size", "claims": [
+        {"name": "gn-wins", "statement": "GN beats BN at 2", "source": SOURCE, **GN_BEATS_BN}]}}
+    report = build_report(study, runs.drop(columns="final_val_loss"), {"date": "d"})
+    assert "| 3 (1 diverged, at chance) |" in report.text and "A diverged run counts at chance accuracy" in report.text
+    assert report.tables["demo/findings"].numbers["diverged_at_chance"].tolist() == [1]
+    clean = build_report(study, frame({("gn", 2): [0.85, 0.86, 0.87], ("bn", 2): [0.80, 0.80, 0.81]}), {"date": "d"})
+    assert "A diverged run counts" not in clean.text
 
 
 def test_a_trend_is_the_least_squares_slope_per_doubling():

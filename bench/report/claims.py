@@ -44,8 +44,13 @@ Each claim gets one verdict:
   at which a test at α would reach the decision with power :data:`POWER`, were the
   observed effect and spread the true ones (:func:`seeds_needed`).
 
-Only completed runs count (a run that collapsed to chance accuracy did complete, and
-counts with its accuracy); diverged and failed runs have no final value. Each claim is
+Completed runs count with their values (a run that collapsed to chance accuracy did
+complete, and counts with its accuracy). A diverged run counts at chance accuracy where the
+claim reads an accuracy of the network a run ends with
+(:data:`bench.report.frame.AT_CHANCE_WHEN_DIVERGED`): a technique whose training diverges
+in one seed of three is not judged on the other two alone. On any other metric, and where
+the dataset's classes are not known, diverged runs have no value and stay out; failed runs
+always do. The verdict counts the diverged runs it read at chance. Each claim is
 tested at α on its own (not adjusted for the number of claims; a study declares few).
 Pure: a runs DataFrame in, :class:`Verdict` out.
 """
@@ -63,7 +68,7 @@ from scipy import stats
 
 from bench.errors import ConfigError
 from bench.metrics import RUN_METRICS, Metric
-from bench.report.frame import row_groups
+from bench.report.frame import AT_CHANCE_WHEN_DIVERGED, chance_accuracy, row_groups
 from bench.report.stats import paired_difference
 
 MIN_SEEDS = 3  # no verdict but "inconclusive" on fewer seeds per cell
@@ -113,6 +118,7 @@ class Verdict:
     effect_text: str  # what the effect is, in words with its unit
     seeds_needed: int | None = None  # when inconclusive: seeds per cell for a decision (None: not estimable)
     reason: str = ""  # why inconclusive, or what decided
+    at_chance: int = 0  # diverged runs the test read at chance accuracy
 
 
 # -- parsing --------------------------------------------------------------------------------
@@ -324,13 +330,33 @@ def _key(value: Any, default: Any) -> str:
     return repr(value)
 
 
-def _values(runs: pd.DataFrame, metric: Metric) -> dict[int, float]:
-    """seed → the metric in shown units, of the completed runs."""
+@dataclass(frozen=True)
+class _Values:
+    """One configuration's values: seed → the metric in shown units; ``at_chance``: the
+    seeds whose run diverged and reads at chance accuracy."""
+
+    by_seed: dict[int, float]
+    at_chance: frozenset[int] = frozenset()
+
+
+def _values(runs: pd.DataFrame, metric: Metric) -> _Values:
+    """The completed runs' values, and the diverged runs' at chance where ``metric`` is an
+    accuracy of the final network and the dataset's classes are known."""
     done = runs[runs["status"] == "completed"]
-    if metric.name not in done:
-        return {}
-    values = pd.to_numeric(done[metric.name], errors="coerce") * metric.scale
-    return {int(s): float(v) for s, v in zip(done["seed"], values) if not math.isnan(v)}
+    out: dict[int, float] = {}
+    if metric.name in done:
+        values = pd.to_numeric(done[metric.name], errors="coerce") * metric.scale
+        out = {int(s): float(v) for s, v in zip(done["seed"], values) if not math.isnan(v)}
+    chance: set[int] = set()
+    if metric.name in AT_CHANCE_WHEN_DIVERGED:
+        lost = runs[runs["status"] == "diverged"]
+        datasets = lost["dataset"] if "dataset" in lost else pd.Series([None] * len(lost), index=lost.index)
+        for seed, dataset in zip(lost["seed"], datasets):
+            accuracy = chance_accuracy(dataset)
+            if accuracy is not None:
+                out[int(seed)] = accuracy * metric.scale
+                chance.add(int(seed))
+    return _Values(out, frozenset(chance))
 
 
 def _unit(metric: Metric) -> str:
@@ -351,16 +377,16 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     metric = RUN_METRICS[claim.metric]
     sign = 1.0 if claim.options["expect"] == "higher" else -1.0
     margin = claim.options.get("margin", 0.0)
-    a = _values(_select(runs, claim.options["a"], claim, "a"), metric)
-    b = _values(_select(runs, claim.options["b"], claim, "b"), metric)
-    seeds = sorted(set(a) & set(b))
+    cells = [_values(_select(runs, claim.options[key], claim, key), metric)
+             for key in ("a", "b", "c", "d") if key in claim.options]
+    seeds = sorted(set.intersection(*(set(cell.by_seed) for cell in cells)))
+    a, b = cells[0].by_seed, cells[1].by_seed
     d = np.array([sign * (a[s] - b[s]) for s in seeds])
     interaction = "c" in claim.options
     if interaction:  # (a − b) − (c − d): does the difference differ between two settings?
-        c = _values(_select(runs, claim.options["c"], claim, "c"), metric)
-        dd = _values(_select(runs, claim.options["d"], claim, "d"), metric)
-        seeds = sorted(set(a) & set(b) & set(c) & set(dd))
+        c, dd = cells[2].by_seed, cells[3].by_seed
         d = np.array([sign * ((a[s] - b[s]) - (c[s] - dd[s])) for s in seeds])
+    at_chance = sum(len(cell.at_chance & set(seeds)) for cell in cells)
     # the per-seed excess over the margin, tested against zero: H0 is "difference = margin"
     test = paired_difference(dict(zip(seeds, d - margin)), dict.fromkeys(seeds, 0.0), ci="t", level=1 - alpha)
     n, sd, p = test.pairs, test.std, test.p
@@ -377,7 +403,7 @@ def _difference(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
          if interaction else _contrast(claim.options["a"], claim.options["b"]))
         + ("" if sign > 0 else " (sign reversed: lower is the claim)") + f", {_unit(metric)}; "
         + (f"claimed {word} by > {margin:g}" if margin >= 0 else f"claimed at most {-margin:g} {'lower' if sign > 0 else 'higher'}"),
-        needed, reason,
+        needed, reason, at_chance,
     )
 
 
@@ -396,13 +422,13 @@ def _t_p(estimate: float, se: float, df: int) -> float:
     return float(2 * stats.t.sf(abs(estimate / se), df))
 
 
-def _levels(claim: Claim, runs: pd.DataFrame, metric: Metric) -> dict[Any, dict[int, float]]:
-    """Level of the ``over`` axis → seed → value, within the claim's ``where``."""
+def _levels(claim: Claim, runs: pd.DataFrame, metric: Metric) -> dict[Any, _Values]:
+    """Level of the ``over`` axis → its values (seed → value), within the claim's ``where``."""
     over = claim.options["over"]
     part = runs
     for column, values in claim.options["where"].items():
         part = part[part[column].isin(list(values))] if column in part else part.iloc[0:0]
-    out: dict[Any, dict[int, float]] = {}
+    out: dict[Any, _Values] = {}
     if over not in part:
         return out
     for level, group in part.groupby(over, sort=True):
@@ -426,10 +452,11 @@ def _trend(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
         x = float(level)
         if log and x <= 0:
             raise ConfigError(f"report.claims ({claim.name}): {claim.options['over']}={level} cannot be on a log₂ scale; use scale: linear.")
-        for value in values.values():
+        for value in values.by_seed.values():
             xs.append(math.log2(x) if log else x)
             ys.append(value)
-    n = min((len(v) for v in levels.values()), default=0)
+    n = min((len(v.by_seed) for v in levels.values()), default=0)
+    at_chance = sum(len(v.at_chance) for v in levels.values())
     unit = f"{_unit(metric)} per {'doubling of' if log else 'unit of'} {claim.options['over']}"
     test = f"least-squares slope over {len(ys)} runs at {len(levels)} levels, t-test (n − 2 df)"
     if len(levels) < 3 or len(ys) < 4:
@@ -441,7 +468,7 @@ def _trend(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     half = stats.t.ppf(1 - alpha / 2, df) * se
     low, high = slope - half, slope + half
     verdict, reason = _interval_verdict(slope, low, high, margin, n)
-    means = [np.mean(list(v.values())) for _, v in sorted(levels.items(), key=lambda kv: float(kv[0])) if v]
+    means = [np.mean(list(v.by_seed.values())) for _, v in sorted(levels.items(), key=lambda kv: float(kv[0])) if v.by_seed]
     against = sum(1 for u, w in zip(means, means[1:]) if sign * (w - u) < 0)
     reason += f"; {against} of {len(means) - 1} steps between neighbouring levels go against the trend"
     needed = None
@@ -451,7 +478,7 @@ def _trend(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
         levels_n = len(levels)
         needed = seeds_needed(abs(slope - margin), residual, alpha, lambda k: k * levels_n - 2, lambda k: math.sqrt(k * sxx_one))
     return Verdict(claim, verdict, slope, low, high, _t_p(slope - margin, se, df), n, test,
-                   unit + ("" if sign > 0 else " (sign reversed: decreasing is the claim)"), needed, reason)
+                   unit + ("" if sign > 0 else " (sign reversed: decreasing is the claim)"), needed, reason, at_chance)
 
 
 def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
@@ -466,13 +493,17 @@ def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
     if reference not in levels or len(levels) < 2:
         return Verdict(claim, "inconclusive", math.nan, math.nan, math.nan, math.nan, 0, test, unit, None,
                        f"no results at {over}={reference}" if reference not in levels else "one level only")
-    ref = levels[reference]
+    ref = levels[reference].by_seed
     rows = []
+    read: set[tuple[Any, int]] = set()  # (level, seed) of the runs the intervals pair
     for level in ordered:
         if level == reference:
             continue
-        diff = paired_difference(levels[level], ref, ci="t", level=1 - alpha)
+        diff = paired_difference(levels[level].by_seed, ref, ci="t", level=1 - alpha)
         rows.append((level, diff.pairs, diff.mean, diff.std, diff.low, diff.high))
+        paired = set(levels[level].by_seed) & set(ref)
+        read |= {(level, s) for s in paired} | {(reference, s) for s in paired}
+    at_chance = sum(1 for level, seed in read if seed in levels[level].at_chance)
     n = min(r[1] for r in rows)
     worst = max(rows, key=lambda r: abs(r[2]) if not math.isnan(r[2]) else -1)
     outside = [r for r in rows if r[4] > tolerance or r[5] < -tolerance]
@@ -497,7 +528,8 @@ def _flat(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:
         low, high = -high, -low
     p = math.nan
     return Verdict(claim, verdict, abs(worst[2]), low, high, p, n, test,
-                   unit + f" (at {over}={worst[0]}, where level − reference is {worst[2]:+.{metric.digits}f})", needed, reason)
+                   unit + f" (at {over}={worst[0]}, where level − reference is {worst[2]:+.{metric.digits}f})", needed, reason,
+                   at_chance)
 
 
 def _count(claim: Claim, runs: pd.DataFrame, alpha: float) -> Verdict:

@@ -44,7 +44,7 @@ def findings_lines(verdicts: Sequence[Verdict], alpha: float) -> list[str]:
             "verdict": f"**{v.verdict}**" + (f": {v.reason}" if v.reason else ""),
             f"effect [{level} CI]": f"{effect}<br>{v.effect_text}",
             "test": test,
-            "n": str(v.n),
+            "n": str(v.n) + (f" ({v.at_chance} diverged, at chance)" if v.at_chance else ""),
             "seeds for a decision": _needed(v),
         }.items()})
     lines = [
@@ -60,7 +60,10 @@ def findings_lines(verdicts: Sequence[Verdict], alpha: float) -> list[str]:
         "runs, a run collapsed to chance counting with its accuracy). "
         f"Seeds for a decision: per cell, for a test at α = {alpha:g} to decide with power {POWER:g} if the observed "
         "effect and spread were the true ones (a planning figure, not a promise). Each claim is tested on its own, "
-        "not adjusted for the number of claims.",
+        "not adjusted for the number of claims."
+        + (" A diverged run counts at chance accuracy (1/classes) where a claim reads the accuracy of the network a "
+           "run ends with: its training was lost, and leaving it out would judge a technique on its surviving seeds "
+           "only. n says how many diverged runs a claim read so." if any(v.at_chance for v in verdicts) else ""),
         "",
     ]
     notes = [f"- `{v.claim.name}`: {v.claim.note}" for v in verdicts if v.claim.note]
@@ -90,10 +93,11 @@ def findings_table(verdicts: Sequence[Verdict]) -> ExportTable:
             {
                 "claim": v.claim.name, "kind": v.claim.kind, "metric": v.claim.metric, "verdict": v.verdict,
                 "effect": v.effect, "ci_low": v.low, "ci_high": v.high, "p": v.p, "n": v.n,
-                "seeds_needed": v.seeds_needed, "source": v.claim.source,
+                "seeds_needed": v.seeds_needed, "diverged_at_chance": v.at_chance, "source": v.claim.source,
             }
             for v in verdicts
         ],
-        columns=["claim", "kind", "metric", "verdict", "effect", "ci_low", "ci_high", "p", "n", "seeds_needed", "source"],
+        columns=["claim", "kind", "metric", "verdict", "effect", "ci_low", "ci_high", "p", "n", "seeds_needed",
+                 "diverged_at_chance", "source"],
     )
     return ExportTable(numbers, None, "Findings: the published claims the study tests")

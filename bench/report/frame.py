@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from bench.store.flat import RUN_COLUMNS, blocks_frame, metrics_frame_from_docs, run_row, runs_frame_from_docs
 
 __all__ = [
-    "RUN_COLUMNS", "chance_accuracy", "chance_threshold", "collapsed", "load_results", "metrics_frame", "outcome",
+    "AT_CHANCE_WHEN_DIVERGED", "RUN_COLUMNS", "chance_accuracy", "chance_threshold", "collapsed", "load_results", "metrics_frame", "outcome",
     "run_rows", "runs_frame", "store_metrics_frame", "store_runs_frame", "with_outcome",
 ]
 
@@ -38,6 +38,10 @@ DATASETS = {
 CHANCE_Z = 3.0
 #: The final validation accuracy a collapsed run is judged on.
 CHANCE_METRIC = "final_val_acc"
+#: The accuracies of the network a run ends with. A claim reads a diverged run's at chance
+#: (:func:`chance_accuracy`): its training was lost, and a guess is what the network it
+#: left is worth. Leaving it out instead would judge a technique on its survivors only.
+AT_CHANCE_WHEN_DIVERGED = frozenset({"final_val_acc", "final_train_acc", "final_ema_val_acc", "deployed_val_acc"})
 
 
 def _dataset(dataset: Any) -> tuple[int | None, int | None]:
