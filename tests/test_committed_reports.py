@@ -6,16 +6,20 @@ empty store, load the study and profile that export holds, rebuild the report fr
 store alone, and compare: the markdown must be the
 committed file except the date and store of its "Generated" line, and every committed CSV
 table must come out the same. A report without its runs beside it fails: it could not be
-checked."""
+checked. And no committed report decides a claim on fewer seeds than a verdict needs: each
+claim in its ``findings.csv`` reads at least ``MIN_SEEDS`` seeds per cell."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from committed_exports import exported_study  # beside this file
 
+from bench.report.claims import MIN_SEEDS
+from bench.report.findings import FINDINGS_TABLE
 from bench.report.writer import RUNS_FILE, report_path, write_report
 from bench.spec import load_spec
 from bench.store import open_store
@@ -47,3 +51,10 @@ def test_a_committed_report_rebuilds_from_its_committed_runs(report: Path, tmp_p
     assert _normalized(rebuilt.read_text()) == _normalized(report.read_text())
     for table in sorted(folder.glob("*.csv")):
         assert (out / folder.name / table.name).read_text() == table.read_text(), f"{table.relative_to(ROOT)} differs"
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=[p.stem for p in REPORTS])
+def test_every_claim_of_a_committed_report_reads_enough_seeds(report: Path) -> None:
+    findings = pd.read_csv(report.with_suffix("") / f"{FINDINGS_TABLE}.csv")
+    few = findings[findings["n"] < MIN_SEEDS]
+    assert few.empty, f"{report.name}: {', '.join(few['claim'])} read fewer than {MIN_SEEDS} seeds per cell"
