@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 from bench.store.flat import RUN_COLUMNS, blocks_frame, metrics_frame_from_docs, run_row, runs_frame_from_docs
 
 __all__ = [
-    "AT_CHANCE_WHEN_DIVERGED", "RUN_COLUMNS", "chance_accuracy", "chance_threshold", "collapsed", "load_results", "metrics_frame", "outcome",
-    "run_rows", "runs_frame", "store_metrics_frame", "store_runs_frame", "with_outcome",
+    "AT_CHANCE_WHEN_DIVERGED", "RUN_COLUMNS", "chance_accuracy", "chance_threshold", "collapsed", "load_results",
+    "metrics_frame", "outcome", "run_rows", "runs_frame", "store_metrics_frame", "store_runs_frame", "with_outcome",
 ]
 
 #: Classes and validation images of the built-in datasets, as ``bench/zoo/datasets.py``
