@@ -13,7 +13,8 @@ queried with the MongoDB filter subset compiled by :mod:`bench.store.query`, so 
 embedded and MongoDB stores answer the same filters with the same documents. Several
 processes may share the file: every write is one ``BEGIN IMMEDIATE`` transaction
 (read-modify-write under the write lock), readers never block writers, and a busy
-database is waited on for up to ``busy_timeout`` seconds (30 s; ``$BENCH_STORE_BUSY_TIMEOUT``).
+database is waited on for up to ``busy_timeout`` seconds (30 s; ``$BENCH_STORE_BUSY_TIMEOUT``),
+the switch of a new file to WAL included (:meth:`EmbeddedStore._enter_wal`).
 
 A store that stays busy never stops a grid: a write is tried twice, then kept in a local
 :class:`~bench.store.journal.Journal` (beside the file, or under ``$BENCH_JOURNAL_DIR``)
@@ -279,7 +280,7 @@ class EmbeddedStore:
             ) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enter_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(
                     f"The result store {self.location} cannot use SQLite's WAL mode "
@@ -306,6 +307,20 @@ class EmbeddedStore:
             conn.close()
             raise
         return conn
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode = WAL``, and the journal mode it leaves. While another
+        process switches a new file to WAL (two grids starting on a new store), SQLite answers
+        "database is locked" at once, without waiting on its busy handler: so wait here,
+        up to the same busy timeout, and try again."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

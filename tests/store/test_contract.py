@@ -646,6 +646,63 @@ def test_embedded_file_shared_by_two_writing_processes_loses_nothing(tmp_path: P
             assert doc["seen_by_p1"] == doc["seen_by_p2"] == int(doc["_id"][-2:])
 
 
+def _opener(path: str, barrier, errors) -> None:  # runs in a child process
+    barrier.wait(timeout=30)
+    try:
+        EmbeddedStore(path).close()
+    except StoreError as exc:
+        errors.put(str(exc))
+
+
+def test_a_new_embedded_file_opened_by_several_processes_at_once_opens_in_each(tmp_path: Path) -> None:
+    """Two grids started at once on a store that does not exist yet: while one process
+    switches the new file to WAL, SQLite answers the other's switch "database is locked" at
+    once, past its busy handler (1 round in 4 failed so, before the store waited on it)."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    errors = ctx.Queue()
+    for round_ in range(20):
+        path = str(tmp_path / f"new-{round_}.sqlite")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_opener, args=(path, barrier, errors)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [proc.exitcode for proc in procs] == [0] * 4
+        assert errors.empty(), errors.get()
+        with EmbeddedStore(path) as store:
+            assert store.count_runs() == 0
+
+
+class _LockedAtFirst:
+    """A connection whose journal-mode switch is refused as locked ``times`` times."""
+
+    def __init__(self, times: int, message: str = "database is locked") -> None:
+        self.times, self.message, self.calls = times, message, 0
+
+    def execute(self, sql: str):
+        self.calls += 1
+        if self.calls <= self.times:
+            raise sqlite3.OperationalError(self.message)
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return ("wal",)
+
+
+def test_the_switch_to_wal_waits_on_a_lock_up_to_the_busy_timeout(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "w.sqlite", busy_timeout=5)
+    conn = _LockedAtFirst(3)
+    assert store._enter_wal(conn) == "wal" and conn.calls == 4
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        store._enter_wal(_LockedAtFirst(1, "disk I/O error"))  # not a lock: raised at once
+    store.busy_timeout = 0.05
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store._enter_wal(_LockedAtFirst(10**9))  # held past the busy timeout
+    store.close()
+
+
 def test_embedded_store_is_usable_from_several_threads(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "t.sqlite")
     errors: list[BaseException] = []
