@@ -318,7 +318,7 @@ class EmbeddedStore:
             try:
                 return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             except sqlite3.OperationalError as exc:
-                if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() >= deadline:
+                if not locked(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.01)
 
@@ -404,7 +404,7 @@ class EmbeddedStore:
                 raise self._error(action, exc) from exc
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if locked(exc):
             return StoreBusy(
                 f"The result store {self.location} failed to {action}: {exc}. Another process held "
                 f"the write lock for more than {self.busy_timeout:g} s; retry when it is done."
@@ -895,6 +895,11 @@ class EmbeddedStore:
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({self.location!r})"
+
+
+def locked(exc: BaseException) -> bool:
+    """Whether an SQLite error says another connection holds the lock (locked, busy)."""
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def disk_full(exc: BaseException) -> bool:
